@@ -1,0 +1,265 @@
+"""``@run_tracked``: one line that makes a Flask view or a function a run."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+from ._taxonomy import validate_run_type
+from ._tracking import RunScope
+
+__all__ = ["run_tracked", "RUN_ID_HEADER", "tracked_by"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Response header carrying the run's id on every response of a tracked view.
+RUN_ID_HEADER = "X-Run-Id"
+_MARK = "__otel_runs__"
+
+
+def tracked_by(fn: Callable[..., Any]) -> tuple[str, str] | None:
+    """``(type, subtype)`` if ``fn`` (or anything it wraps) is ``@run_tracked``."""
+    seen = 0
+    while fn is not None and seen < 50:
+        mark = getattr(fn, _MARK, None)
+        if mark is not None:
+            return mark  # type: ignore[no-any-return]
+        fn = getattr(fn, "__wrapped__", None)  # type: ignore[assignment]
+        seen += 1
+    return None
+
+
+def run_tracked(
+    run_type: str,
+    subtype: str,
+    *,
+    summary_key: str = "summary",
+    ok_key: str = "ok",
+    summary_fn: Callable[[dict[str, Any]], str] | None = None,
+    summary: str = "",
+) -> Callable[[F], F]:
+    """Track each call of a Flask view or a plain function (sync or async) as a run.
+
+    Apply below ``@app.route``. A bad type or subtype raises ``RunTypeError``
+    here, at import time. For views, the run is ``failed`` when the JSON body's
+    ``ok_key`` is falsy or the HTTP status is >= 400; the summary comes from
+    ``summary_fn(body)`` or ``body[summary_key]`` (else ``summary``); ``run_id``
+    is added to a JSON object body and ``X-Run-Id`` to every response; nothing
+    else in the response changes. A streamed response's run ends with the
+    stream (``cancelled`` if the client goes away). For plain functions the
+    status comes from a returned dict's ``ok_key`` when present.
+    """
+    validate_run_type(run_type, subtype)
+    rules = _Rules(run_type, subtype, summary_key, ok_key, summary_fn, summary)
+
+    def decorate(fn: F) -> F:
+        if tracked_by(fn) is not None:
+            return fn  # already a run: never track twice
+        if inspect.iscoroutinefunction(fn):
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                if _is_dispatched_view(async_wrapper):
+                    scope = rules.start_view_run()
+                    with scope.activated():
+                        try:
+                            rv = await fn(*args, **kwargs)
+                        except BaseException as exc:
+                            scope.finish(exc)
+                            raise
+                    return rules.finish_view_run(scope, rv)
+                scope = rules.start_run()
+                with scope.activated():
+                    try:
+                        result = await fn(*args, **kwargs)
+                    except BaseException as exc:
+                        scope.finish(exc)
+                        raise
+                rules.finish_call_run(scope, result)
+                return result
+
+            setattr(async_wrapper, _MARK, (run_type, subtype))
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if _is_dispatched_view(wrapper):
+                scope = rules.start_view_run()
+                with scope.activated():
+                    try:
+                        rv = fn(*args, **kwargs)
+                    except BaseException as exc:
+                        scope.finish(exc)
+                        raise
+                return rules.finish_view_run(scope, rv)
+            scope = rules.start_run()
+            with scope.activated():
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    scope.finish(exc)
+                    raise
+            rules.finish_call_run(scope, result)
+            return result
+
+        setattr(wrapper, _MARK, (run_type, subtype))
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _is_dispatched_view(wrapper: Callable[..., Any]) -> bool:
+    """True when Flask is dispatching the current request to ``wrapper`` (possibly
+    under other decorators); False for a plain call, even inside a request."""
+    from flask import current_app, has_request_context, request
+
+    if not has_request_context() or request.endpoint is None:
+        return False
+    fn: Any = current_app.view_functions.get(request.endpoint)
+    for _ in range(50):
+        if fn is None:
+            return False
+        if fn is wrapper:
+            return True
+        fn = getattr(fn, "__wrapped__", None)
+    return False
+
+
+class _Rules:
+    """How one decorated callable turns its outcome into a run's status and summary."""
+
+    def __init__(self, run_type: str, subtype: str, summary_key: str, ok_key: str,
+                 summary_fn: Callable[[dict[str, Any]], str] | None, summary: str) -> None:
+        self.run_type, self.subtype = run_type, subtype
+        self.summary_key, self.ok_key, self.summary_fn = summary_key, ok_key, summary_fn
+        self.summary = summary
+
+    def _root(self) -> Any:
+        from flask import current_app, has_app_context
+
+        if has_app_context():
+            return current_app.config.get("PROJECT_ROOT")
+        return None
+
+    def start_run(self) -> RunScope:
+        return RunScope(self._root(), self.run_type, self.subtype, self.summary)
+
+    def start_view_run(self) -> RunScope:
+        from flask import after_this_request
+
+        scope = self.start_run()
+        run_id = scope.handle.run_id
+
+        def add_run_id_header(response: Any) -> Any:
+            response.headers[RUN_ID_HEADER] = run_id
+            return response
+
+        # Runs in process_response: also on the response an error handler built.
+        after_this_request(add_run_id_header)
+        return scope
+
+    def outcome(self, body: dict[str, Any]) -> tuple[str | None, str | None]:
+        status = None
+        if self.ok_key in body and not body[self.ok_key]:
+            status = "failed"
+        if self.summary_fn is not None:
+            summary = self.summary_fn(body)
+        else:
+            value = body.get(self.summary_key)
+            summary = value if isinstance(value, str) else None
+        return status, summary
+
+    def finish_call_run(self, scope: RunScope, result: Any) -> None:
+        status, summary = (None, None)
+        if isinstance(result, dict):
+            try:
+                status, summary = self.outcome(result)
+            except Exception as exc:  # a broken summary_fn must not break the call
+                scope.handle.add_event("otel_runs.summary_error", error=repr(exc))
+        scope.finish(None, status or "ok", summary)
+
+    def finish_view_run(self, scope: RunScope, rv: Any) -> Any:
+        from flask import current_app
+
+        try:
+            with scope.activated():
+                response = current_app.make_response(rv)
+        except BaseException as exc:  # an invalid return value: Flask would raise too
+            scope.finish(exc)
+            raise
+        http_failed = response.status_code >= 400
+        if response.is_streamed:
+            response.response = _RunStream(scope, response.response, http_failed)
+            return response
+        status: str | None = "failed" if http_failed else None
+        summary: str | None = None
+        if response.is_json:
+            body = response.get_json(silent=True)
+            if isinstance(body, dict):
+                try:
+                    body_status, summary = self.outcome(body)
+                except Exception as exc:
+                    scope.handle.add_event("otel_runs.summary_error", error=repr(exc))
+                    body_status = None
+                status = status or body_status
+                if "run_id" not in body:
+                    response.set_data(_with_run_id(response.get_data(), body, scope.handle.run_id))
+        scope.finish(None, status or "ok", summary)
+        return response
+
+
+def _with_run_id(raw: bytes, body: dict[str, Any], run_id: str) -> bytes:
+    """``raw`` (a JSON object) with ``"run_id"`` added and nothing else changed:
+    re-serialised the app's way when that reproduces ``raw`` exactly, else
+    spliced in after the opening brace."""
+    from flask import current_app
+
+    provider = current_app.json
+    if provider.response(body).get_data() == raw:
+        return provider.response({**body, "run_id": run_id}).get_data()
+    text = raw.decode("utf-8")
+    brace = text.index("{")
+    rest = text[brace + 1:]
+    member = f'"run_id":{json.dumps(run_id)}'
+    sep = "" if rest.lstrip().startswith("}") else ","
+    return (text[: brace + 1] + member + sep + rest).encode("utf-8")
+
+
+class _RunStream:
+    """Wraps a streamed body: the run ends when it is exhausted (``ok``/``failed``),
+    raises (``failed``) or is closed early, e.g. the client went away (``cancelled``)."""
+
+    def __init__(self, scope: RunScope, body: Iterable[Any], http_failed: bool) -> None:
+        self._scope = scope
+        self._body = body
+        self._it: Iterator[Any] | None = None
+        self._http_failed = http_failed
+
+    def __iter__(self) -> _RunStream:
+        return self
+
+    def __next__(self) -> Any:
+        if self._scope.finished:
+            raise StopIteration
+        with self._scope.activated():
+            try:
+                if self._it is None:
+                    self._it = iter(self._body)
+                return next(self._it)
+            except StopIteration:
+                self._scope.finish(None, "failed" if self._http_failed else "ok")
+                raise
+            except BaseException as exc:
+                self._scope.finish(exc)
+                raise
+
+    def close(self) -> None:
+        with self._scope.activated():
+            try:
+                close = getattr(self._body, "close", None)
+                if close is not None:
+                    close()
+            finally:
+                if not self._scope.finished:
+                    self._scope.finish(GeneratorExit())

@@ -1,0 +1,47 @@
+"""Run identifiers: unique, time-sortable, URL- and ref-safe, short enough to type."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import datetime, timezone
+
+__all__ = ["InvalidRunId", "new_run_id", "validate_run_id", "run_id_time"]
+
+#: ``20261127T101500123Z-3fa9c2d1e5``: UTC start time to the millisecond, then
+#: 40 random bits (lowercase hex). Sorting ids as strings sorts runs by start time.
+RUN_ID_PATTERN = r"\d{8}T\d{9}Z-[0-9a-f]{10}"
+_RUN_ID_RE = re.compile(rf"^{RUN_ID_PATTERN}$")
+
+
+class InvalidRunId(ValueError):
+    """A run id from outside does not have the run id format."""
+
+
+def new_run_id(at: datetime | None = None) -> str:
+    """Return a new run id for a run starting at ``at`` (default: now)."""
+    at = (at or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    stamp = at.strftime("%Y%m%dT%H%M%S") + f"{at.microsecond // 1000:03d}Z"
+    return f"{stamp}-{secrets.token_hex(5)}"
+
+
+def validate_run_id(run_id: object) -> str:
+    """Return ``run_id`` if it is a well-formed run id, else raise :class:`InvalidRunId`.
+
+    Use this wherever an id comes in from outside (URL, CLI, ledger file): a valid
+    id cannot traverse paths or inject into git refs.
+    """
+    if not isinstance(run_id, str) or not _RUN_ID_RE.match(run_id):
+        shown = run_id if isinstance(run_id, str) and len(run_id) <= 80 else repr(run_id)[:80]
+        raise InvalidRunId(
+            f"malformed run id {shown!r}: expected e.g. '20261127T101500123Z-3fa9c2d1e5'"
+        )
+    return run_id
+
+
+def run_id_time(run_id: str) -> datetime:
+    """Return the start time encoded in a (valid) run id."""
+    validate_run_id(run_id)
+    stamp = run_id.split("-", 1)[0]
+    base = datetime.strptime(stamp[:15], "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc)
+    return base.replace(microsecond=int(stamp[15:18]) * 1000)

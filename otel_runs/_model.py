@@ -1,0 +1,148 @@
+"""The Run record: what a finished (or running) run span means, as plain data."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from typing import Any, Literal, Mapping
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import format_span_id, format_trace_id
+
+from . import _attributes as A
+
+__all__ = ["Run", "RunStatus", "STATUSES", "iso_from_ns"]
+
+logger = logging.getLogger("otel_runs")
+
+RunStatus = Literal["running", "ok", "failed", "cancelled", "interrupted"]
+#: Every status a run can have. ``interrupted`` is only ever set by the ledger's
+#: crash recovery, never over a status the code reported.
+STATUSES: tuple[str, ...] = ("running", "ok", "failed", "cancelled", "interrupted")
+
+
+def iso_from_ns(ns: int) -> str:
+    """ISO-8601 UTC with microseconds and a ``Z`` (``2026-11-27T10:15:00.123456Z``)."""
+    dt = datetime.fromtimestamp(ns // 1_000_000_000, tz=timezone.utc).replace(
+        microsecond=(ns % 1_000_000_000) // 1000
+    )
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _jsonable_attrs(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in (attrs or {}).items()}
+
+
+@dataclass
+class Run:
+    """One tracked action. JSON-safe; ``to_dict``/``from_dict`` round-trip exactly."""
+
+    run_id: str
+    type: str
+    subtype: str
+    status: str = "running"
+    summary: str = ""
+    started_at: str = ""
+    ended_at: str | None = None
+    duration_ms: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    trace_id: str = ""
+    span_id: str = ""
+    parent_run_id: str | None = None
+    service: str = ""
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict of every field (the ledger's and the API's format)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Run:
+        """Build a Run from :meth:`to_dict` output.
+
+        Unknown keys are ignored with a warning (a newer writer); missing required
+        keys or wrong types raise ``ValueError``.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"run data must be an object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            logger.warning("ignoring unknown run fields %s in run %r", unknown, data.get("run_id"))
+        for key in ("run_id", "type", "subtype"):
+            if not isinstance(data.get(key), str):
+                raise ValueError(f"run field {key!r} must be a string, got {data.get(key)!r}")
+        if data.get("status", "running") not in STATUSES:
+            raise ValueError(f"run status {data.get('status')!r} is not one of {STATUSES}")
+        if not isinstance(data.get("metadata", {}), dict):
+            raise ValueError("run field 'metadata' must be an object")
+        if not isinstance(data.get("events", []), list):
+            raise ValueError("run field 'events' must be a list")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_span(cls, span: ReadableSpan) -> Run:
+        """Build a Run from a run span (running if the span has not ended)."""
+        attrs = span.attributes or {}
+        run_id = attrs.get(A.RUN_ID)
+        run_type = attrs.get(A.RUN_TYPE)
+        if not isinstance(run_id, str) or not isinstance(run_type, str):
+            raise ValueError(f"span {span.name!r} is not a run span (no {A.RUN_TYPE} attribute)")
+        try:
+            metadata = json.loads(str(attrs.get(A.RUN_METADATA, "{}")))
+        except ValueError:
+            metadata = {"_unparsed": str(attrs.get(A.RUN_METADATA))}
+        ctx = span.context
+        start = span.start_time or 0
+        end = span.end_time
+        status = "running" if end is None else str(attrs.get(A.RUN_STATUS, "ok"))
+        service = span.resource.attributes.get("service.name", "") if span.resource else ""
+        parent = attrs.get(A.RUN_PARENT_ID)
+        return cls(
+            run_id=run_id,
+            type=run_type,
+            subtype=str(attrs.get(A.RUN_SUBTYPE, span.name)),
+            status=status,
+            summary=str(attrs.get(A.RUN_SUMMARY, "")),
+            started_at=iso_from_ns(start),
+            ended_at=None if end is None else iso_from_ns(end),
+            duration_ms=None if end is None else round((end - start) / 1e6, 3),
+            metadata=metadata if isinstance(metadata, dict) else {"_value": metadata},
+            trace_id=format_trace_id(ctx.trace_id) if ctx else "",
+            span_id=format_span_id(ctx.span_id) if ctx else "",
+            parent_run_id=parent if isinstance(parent, str) else None,
+            service=str(service),
+            events=[
+                {
+                    "name": ev.name,
+                    "timestamp": iso_from_ns(ev.timestamp),
+                    "attributes": _jsonable_attrs(ev.attributes),
+                }
+                for ev in span.events
+            ],
+        )
+
+
+def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
+    """A compact JSON-safe record of any finished span (for child spans of a run)."""
+    ctx = span.context
+    parent = span.parent
+    return {
+        "name": span.name,
+        "trace_id": format_trace_id(ctx.trace_id) if ctx else "",
+        "span_id": format_span_id(ctx.span_id) if ctx else "",
+        "parent_span_id": format_span_id(parent.span_id) if parent else None,
+        "kind": span.kind.name if span.kind is not None else "INTERNAL",
+        "start_time_ns": span.start_time,
+        "end_time_ns": span.end_time,
+        "status": span.status.status_code.name,
+        "status_description": span.status.description,
+        "attributes": _jsonable_attrs(span.attributes),
+        "events": [
+            {"name": e.name, "time_ns": e.timestamp, "attributes": _jsonable_attrs(e.attributes)}
+            for e in span.events
+        ],
+        "scope": span.instrumentation_scope.name if span.instrumentation_scope else None,
+    }

@@ -1,0 +1,225 @@
+"""Process-wide setup: the TracerProvider, the run tracer and the run processors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.sampling import Sampler
+
+from . import _settings
+from ._sampling import RunAwareSampler
+from .exporters._run_processor import RunContextSpanProcessor
+
+__all__ = ["configure", "flush", "shutdown"]
+
+logger = logging.getLogger("otel_runs")
+
+
+@dataclass
+class _State:
+    provider: TracerProvider | None = None
+    owns_provider: bool = False
+    tracer: trace.Tracer | None = None
+    default_root: str | None = None
+    ledger_enabled: bool = True
+    durability: str | None = None
+    ledger_processors: dict[str, SpanProcessor | None] = field(default_factory=dict)
+    processors: list[SpanProcessor] = field(default_factory=list)
+    shut_down: bool = False
+
+
+_state = _State()
+_lock = threading.RLock()
+
+
+def _resolve(root: str | os.PathLike[str]) -> str:
+    return str(Path(root).expanduser().resolve())
+
+
+def configure(
+    project_root: str | os.PathLike[str] | None = None,
+    *,
+    service_name: str | None = None,
+    sampler: Sampler | None = None,
+    processors: Iterable[SpanProcessor] = (),
+    ledger: bool | None = None,
+    durability: str | None = None,
+    otlp_endpoint: str | None = None,
+) -> TracerProvider:
+    """Set up run tracking for this process; safe to call again (adds, never duplicates).
+
+    Uses the SDK ``TracerProvider`` the application already installed (e.g. by
+    ``opentelemetry-instrument``) and only adds processors to it; otherwise
+    installs one (resource from ``OTEL_SERVICE_NAME``/``OTEL_RESOURCE_ATTRIBUTES``
+    and ``service_name``, sampler from ``OTEL_TRACES_SAMPLER`` or ``sampler``,
+    wrapped so that runs are always recorded). ``project_root`` (default
+    ``OTEL_RUNS_PROJECT_ROOT``, else the current directory) gets a git ledger
+    unless ``ledger=False`` / ``OTEL_RUNS_LEDGER=0``. OTLP export is added when
+    ``otlp_endpoint`` or the standard ``OTEL_EXPORTER_OTLP_*`` variables ask for it.
+    Returns the provider in use.
+    """
+    with _lock:
+        _state.shut_down = False
+        provider = _ensure_provider(service_name, sampler, otlp_endpoint)
+        if ledger is not None:
+            _state.ledger_enabled = ledger
+        elif _state.provider is provider and not _state.ledger_processors:
+            _state.ledger_enabled = _settings.env_bool(_settings.OTEL_RUNS_LEDGER, True)
+        if durability is not None:
+            _state.durability = _settings.durability(durability)
+        root = project_root if project_root is not None else _settings.env_str(
+            _settings.OTEL_RUNS_PROJECT_ROOT, os.getcwd())
+        assert root is not None
+        resolved = _resolve(root)
+        if _state.default_root is None or project_root is not None:
+            _state.default_root = resolved
+        _ensure_ledger(resolved)
+        for proc in processors:
+            if proc not in _state.processors:
+                provider.add_span_processor(proc)
+                _state.processors.append(proc)
+        return provider
+
+
+def _ensure_provider(service_name: str | None, sampler: Sampler | None,
+                     otlp_endpoint: str | None) -> TracerProvider:
+    if _state.provider is not None:
+        if otlp_endpoint:
+            _add_otlp(_state.provider, otlp_endpoint)
+        return _state.provider
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):
+        provider, owns = current, False
+        if service_name or sampler:
+            logger.info("otel-runs: using the application's TracerProvider; "
+                        "service_name/sampler arguments are not applied to it")
+    else:
+        attrs = {SERVICE_NAME: service_name} if service_name else {}
+        provider = TracerProvider(resource=Resource.create(attrs))
+        # The provider read OTEL_TRACES_SAMPLER(_ARG); wrap it (or the given one).
+        provider.sampler = RunAwareSampler(sampler or provider.sampler)
+        owns = True
+    provider.add_span_processor(RunContextSpanProcessor())
+    tracer = provider.get_tracer("otel_runs")
+    if not isinstance(getattr(tracer, "sampler", None), RunAwareSampler) and hasattr(tracer, "sampler"):
+        # The application's provider: make only our run spans sampling-proof.
+        tracer.sampler = RunAwareSampler(tracer.sampler)
+    _state.provider, _state.owns_provider, _state.tracer = provider, owns, tracer
+    if owns:
+        trace.set_tracer_provider(provider)
+    if owns or otlp_endpoint:
+        _add_otlp(provider, otlp_endpoint)
+    return provider
+
+
+def _add_otlp(provider: TracerProvider, endpoint: str | None) -> None:
+    try:
+        from .exporters.otlp import otlp_processor
+    except ImportError:  # pragma: no cover - the OTLP module is part of the package
+        return
+    proc = otlp_processor(endpoint)
+    if proc is not None and not any(type(p) is type(proc) for p in _state.processors):
+        provider.add_span_processor(proc)
+        _state.processors.append(proc)
+
+
+def _ensure_ledger(resolved_root: str) -> None:
+    if not _state.ledger_enabled or resolved_root in _state.ledger_processors:
+        return
+    assert _state.provider is not None
+    try:
+        from .exporters.ledger import ledger_processor_for
+    except ImportError:  # pragma: no cover - until the ledger module exists
+        _state.ledger_processors[resolved_root] = None
+        return
+    proc = ledger_processor_for(resolved_root, durability=_settings.durability(_state.durability))
+    _state.ledger_processors[resolved_root] = proc
+    if proc is not None:
+        _state.provider.add_span_processor(proc)
+
+
+def run_tracer() -> trace.Tracer:
+    """The tracer run spans are opened with (configures on first use)."""
+    tracer = _state.tracer
+    if tracer is None:
+        configure()
+        tracer = _state.tracer
+    assert tracer is not None
+    return tracer
+
+
+def project_root_for_run(project_root: str | os.PathLike[str] | None) -> str | None:
+    """The resolved project root a run belongs to, making sure its ledger is wired."""
+    if project_root is None:
+        if _state.default_root is None:
+            with _lock:
+                configure()
+        return _state.default_root
+    resolved = _resolve(project_root)
+    if resolved not in _state.ledger_processors and _state.ledger_enabled:
+        with _lock:
+            _ensure_ledger(resolved)
+    return resolved
+
+
+def default_project_root() -> str | None:
+    """The configured default project root, if any."""
+    return _state.default_root
+
+
+def ledger_processor(project_root: str | os.PathLike[str]) -> SpanProcessor | None:
+    """The ledger processor wired for ``project_root`` (None if none/disabled)."""
+    return _state.ledger_processors.get(_resolve(project_root))
+
+
+def flush(timeout_millis: int = 30_000) -> bool:
+    """Push everything pending to every run processor and exporter. Idempotent."""
+    procs = [p for p in _state.ledger_processors.values() if p is not None] + _state.processors
+    ok = True
+    for proc in procs:
+        try:
+            ok = proc.force_flush(timeout_millis) and ok
+        except Exception:
+            logger.exception("otel-runs: flushing %r failed", proc)
+            ok = False
+    return ok
+
+
+def shutdown() -> None:
+    """Flush and stop otel-runs' processors (and the provider, if otel-runs made it).
+    Idempotent; ``configure()`` may be called again afterwards."""
+    with _lock:
+        if _state.shut_down:
+            return
+        flush()
+        for proc in [p for p in _state.ledger_processors.values() if p is not None] + _state.processors:
+            try:
+                proc.shutdown()
+            except Exception:
+                logger.exception("otel-runs: shutting down %r failed", proc)
+        _reset_locked()
+        _state.shut_down = True
+
+
+def _reset_locked() -> None:
+    provider = _state.provider
+    if provider is not None:
+        # Processors stay registered with the provider; a shut-down processor ignores spans.
+        # Detach ours so a later configure() starts clean.
+        active = getattr(provider, "_active_span_processor", None)
+        ours = {id(p) for p in _state.processors} | {
+            id(p) for p in _state.ledger_processors.values() if p is not None}
+        procs = getattr(active, "_span_processors", None)
+        if procs is not None and ours:
+            active._span_processors = tuple(p for p in procs if id(p) not in ours)
+    _state.ledger_processors.clear()
+    _state.processors.clear()
+    _state.default_root = None

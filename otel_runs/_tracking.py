@@ -1,0 +1,239 @@
+"""``tracked_run``: open a run span, let the body shape it, end it with a status."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Iterator
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from . import _attributes as A
+from ._context import parent_run_id, with_run
+from ._ids import new_run_id
+from ._redact import clean_metadata, clean_summary, metadata_json
+from ._taxonomy import validate_run_type
+
+__all__ = ["RunHandle", "current_run", "tracked_run"]
+
+_SETTABLE_STATUSES = ("ok", "failed", "cancelled")
+_current: contextvars.ContextVar[RunHandle | None] = contextvars.ContextVar(
+    "otel_runs_current_run", default=None
+)
+
+
+def current_run() -> RunHandle | None:
+    """The innermost run open in this context (e.g. inside a ``@run_tracked`` view)."""
+    return _current.get()
+
+
+class RunHandle:
+    """What the body of a run sees: its id at once, and status, summary,
+    metadata and events to set. Everything lands on the run span."""
+
+    def __init__(self, run_id: str, run_type: str, subtype: str, summary: str,
+                 metadata: dict[str, Any], span: Span) -> None:
+        self._run_id = run_id
+        self.type = run_type
+        self.subtype = subtype
+        self._summary = summary
+        self._summary_set = False
+        self._status: str | None = None
+        self.metadata: dict[str, Any] = metadata
+        self.span = span
+
+    @property
+    def run_id(self) -> str:
+        """The run's id (``20261127T101500123Z-3fa9c2d1e5``)."""
+        return self._run_id
+
+    @property
+    def status(self) -> str | None:
+        """The status the body reported (``ok``, ``failed``, ``cancelled``), or None."""
+        return self._status
+
+    @status.setter
+    def status(self, value: str) -> None:
+        if value not in _SETTABLE_STATUSES:
+            raise ValueError(f"run status must be one of {_SETTABLE_STATUSES}, got {value!r}")
+        self._status = value
+
+    @property
+    def summary(self) -> str:
+        """One line saying what happened."""
+        return self._summary
+
+    @summary.setter
+    def summary(self, value: str) -> None:
+        self._summary = clean_summary(value)
+        self._summary_set = True
+
+    def add_event(self, name: str, **attributes: Any) -> None:
+        """Record a timestamped event on the run (secret attributes redacted)."""
+        cleaned = clean_metadata(attributes)
+        self.span.add_event(str(name), {k: _attr_value(v) for k, v in cleaned.items()})
+
+    def __repr__(self) -> str:
+        return f"<RunHandle {self._run_id} {self.subtype} status={self._status!r}>"
+
+
+def _attr_value(value: Any) -> Any:
+    """An OTel attribute value: primitives as they are, anything else as JSON text."""
+    if isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    import json
+
+    return json.dumps(value, ensure_ascii=False)
+
+
+def classify(exc: BaseException | None, reported: str | None) -> str:
+    """The run status for how its block ended (the SDK's own rules are not used:
+    its decorator and ``Span.__exit__`` disagree on ``BaseException``)."""
+    if exc is None:
+        return reported or "ok"
+    if isinstance(exc, SystemExit):
+        return (reported or "ok") if exc.code in (0, None) else "failed"
+    if isinstance(exc, (KeyboardInterrupt, GeneratorExit, asyncio.CancelledError)):
+        return "cancelled"
+    return "failed"
+
+
+class RunScope:
+    """A started run span and its context; ended exactly once by :meth:`finish`."""
+
+    def __init__(self, project_root: str | os.PathLike[str] | None, run_type: str, subtype: str,
+                 summary: str = "", metadata: dict[str, Any] | None = None) -> None:
+        from ._setup import project_root_for_run, run_tracer
+
+        validate_run_type(run_type, subtype)
+        root = project_root_for_run(project_root)
+        now_ns = time.time_ns()
+        run_id = new_run_id(_dt_from_ns(now_ns))
+        parent_ctx = otel_context.get_current()
+        meta = dict(metadata or {})
+        attributes: dict[str, Any] = {
+            A.RUN_ID: run_id,
+            A.RUN_TYPE: run_type,
+            A.RUN_SUBTYPE: subtype,
+            A.RUN_STATUS: "running",
+            A.RUN_SUMMARY: clean_summary(summary),
+            A.RUN_METADATA: metadata_json(meta),
+        }
+        if root is not None:
+            attributes[A.RUN_PROJECT_ROOT] = root
+        parent = parent_run_id(parent_ctx)
+        if parent is not None:
+            attributes[A.RUN_PARENT_ID] = parent
+        span = run_tracer().start_span(
+            subtype, context=parent_ctx, kind=SpanKind.INTERNAL,
+            attributes=attributes, start_time=now_ns,
+        )
+        self.handle = RunHandle(run_id, run_type, subtype, clean_summary(summary), meta, span)
+        self.context = with_run(run_id, trace.set_span_in_context(span, parent_ctx))
+        self.finished = False
+
+    @contextmanager
+    def activated(self) -> Iterator[RunHandle]:
+        """Make the run current (for spans opened inside it) for the duration."""
+        token = otel_context.attach(self.context)
+        handle_token = _current.set(self.handle)
+        try:
+            yield self.handle
+        finally:
+            _current.reset(handle_token)
+            otel_context.detach(token)
+
+    def finish(self, exc: BaseException | None = None, derived_status: str | None = None,
+               derived_summary: str | None = None) -> str:
+        """End the run. Status: what the body reported, else ``derived_status``
+        (from a response), else ``ok``; an exception decides as in :func:`classify`."""
+        if self.finished:
+            return self.handle.status or "ok"
+        self.finished = True
+        h = self.handle
+        span = h.span
+        status = classify(exc, h.status or derived_status)
+        summary = h.summary
+        if not h._summary_set and derived_summary:
+            summary = clean_summary(derived_summary)
+        if exc is not None and status != "ok":
+            if not h._summary_set and (status == "failed" or not summary):
+                summary = clean_summary(_exc_text(exc))
+            span.record_exception(exc)
+        span.set_attribute(A.RUN_STATUS, status)
+        span.set_attribute(A.RUN_SUMMARY, summary)
+        span.set_attribute(A.RUN_METADATA, metadata_json(h.metadata))
+        if status == "failed":
+            span.set_status(Status(StatusCode.ERROR, summary or "failed"))
+        elif status == "ok":
+            span.set_status(Status(StatusCode.OK))
+        h._status = status
+        h._summary = summary
+        span.end()
+        return status
+
+
+def _exc_text(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"exit status {exc.code}"
+    if isinstance(exc, (KeyboardInterrupt, GeneratorExit, asyncio.CancelledError)):
+        return {KeyboardInterrupt: "interrupted (KeyboardInterrupt)",
+                GeneratorExit: "client went away"}.get(type(exc), "cancelled")
+    return str(exc) or type(exc).__name__
+
+
+def _dt_from_ns(ns: int) -> Any:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
+
+
+class tracked_run:  # noqa: N801 - used like a function: ``with tracked_run(...)``
+    """Track a block as a run: ``with tracked_run(root, "deploy", "deploy:k8s") as run:``.
+
+    Works with ``with`` and ``async with``. The run span is a child of the
+    current span (e.g. the Flask request span). An exception marks the run
+    ``failed`` and is re-raised unchanged; ``KeyboardInterrupt``, a closed
+    generator and task cancellation mark it ``cancelled``; ``SystemExit(0)`` is
+    ``ok``. ``project_root=None`` means the configured default.
+    """
+
+    def __init__(self, project_root: str | os.PathLike[str] | Path | None, run_type: str,
+                 subtype: str, *, summary: str = "", **metadata: Any) -> None:
+        validate_run_type(run_type, subtype)
+        self._args = (project_root, run_type, subtype, summary, metadata)
+        self._scope: RunScope | None = None
+        self._tokens: list[tuple[object, contextvars.Token[RunHandle | None]]] = []
+
+    def __enter__(self) -> RunHandle:
+        project_root, run_type, subtype, summary, metadata = self._args
+        self._scope = scope = RunScope(project_root, run_type, subtype, summary, metadata)
+        token = otel_context.attach(scope.context)
+        self._tokens.append((token, _current.set(scope.handle)))
+        return scope.handle
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        assert self._scope is not None, "tracked_run exited before it was entered"
+        token, handle_token = self._tokens.pop()
+        try:
+            self._scope.finish(exc)
+        finally:
+            _current.reset(handle_token)
+            otel_context.detach(token)  # type: ignore[arg-type]
+
+    async def __aenter__(self) -> RunHandle:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self.__exit__(exc_type, exc, tb)

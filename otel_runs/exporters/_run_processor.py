@@ -1,0 +1,98 @@
+"""The base of every processor that consumes runs."""
+
+from __future__ import annotations
+
+import logging
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+
+from .. import _attributes as A
+from .._model import Run
+from .._ratelimit import RateLimitedLog
+
+__all__ = ["RunProcessor", "is_run_span"]
+
+logger = logging.getLogger("otel_runs.exporters")
+_errors = RateLimitedLog(logger)
+
+
+def is_run_span(span: ReadableSpan) -> bool:
+    """True for a span opened by ``tracked_run`` / ``@run_tracked``."""
+    return bool(span.attributes) and A.RUN_TYPE in span.attributes  # type: ignore[operator]
+
+
+class RunProcessor(SpanProcessor):
+    """A ``SpanProcessor`` that sees only runs, sampled or not.
+
+    Override :meth:`on_run_start`, :meth:`on_run_end` and, to receive the spans
+    opened inside a run, :meth:`on_run_span_end`. :meth:`accepts` filters runs
+    (e.g. by project). An exception in a hook is logged (rate-limited) and never
+    reaches the tracked action.
+    """
+
+    def accepts(self, span: ReadableSpan) -> bool:
+        """Whether this processor handles the run (or child) span; default: all."""
+        return True
+
+    def on_run_start(self, run: Run) -> None:
+        """A run started; ``run.status`` is ``running``."""
+
+    def on_run_end(self, run: Run) -> None:
+        """A run ended; called before the tracked block returns to its caller."""
+
+    def on_run_span_end(self, run_id: str, span: ReadableSpan) -> None:
+        """A span opened inside run ``run_id`` ended (before the run itself)."""
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        if is_run_span(span) and self._accepts(span):
+            self._call(self.on_run_start, "on_run_start", span)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        attrs = span.attributes or {}
+        if A.RUN_TYPE in attrs:
+            if self._accepts(span):
+                self._call(self.on_run_end, "on_run_end", span)
+        elif A.RUN_ID in attrs and self._accepts(span):
+            try:
+                self.on_run_span_end(str(attrs[A.RUN_ID]), span)
+            except Exception:
+                _errors.exception(
+                    f"{type(self).__name__}.on_run_span_end",
+                    "%s.on_run_span_end failed", type(self).__name__,
+                )
+
+    def _accepts(self, span: ReadableSpan) -> bool:
+        try:
+            return self.accepts(span)
+        except Exception:
+            _errors.exception(f"{type(self).__name__}.accepts", "%s.accepts failed", type(self).__name__)
+            return False
+
+    def _call(self, hook: object, name: str, span: ReadableSpan) -> None:
+        try:
+            hook(Run.from_span(span))  # type: ignore[operator]
+        except Exception:
+            _errors.exception(
+                f"{type(self).__name__}.{name}", "%s.%s failed", type(self).__name__, name
+            )
+
+    def shutdown(self) -> None:
+        """Release resources; default: nothing."""
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Finish pending work; default: nothing to do."""
+        return True
+
+
+class RunContextSpanProcessor(SpanProcessor):
+    """Stamps every span opened inside a run with the run's id (``run.id``)."""
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        from .._context import local_run_id
+
+        if span.attributes and A.RUN_TYPE in span.attributes:
+            return
+        run_id = local_run_id(parent_context)
+        if run_id is not None:
+            span.set_attribute(A.RUN_ID, run_id)

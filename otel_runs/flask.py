@@ -1,0 +1,83 @@
+"""The Flask extension: ``RunTracking(app)`` wires run tracking into an app."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Iterable
+
+from flask import Flask, Request
+
+from . import _setup
+
+__all__ = ["RunTracking"]
+
+logger = logging.getLogger("otel_runs")
+
+EXTENSION_KEY = "otel_runs"
+#: URLs never traced as requests (the event stream would be an hours-long span).
+DEFAULT_EXCLUDED_URLS = "/api/events"
+
+
+class RunTracking:
+    """``RunTracking(app)`` or ``RunTracking().init_app(app)``.
+
+    Reads ``app.config["PROJECT_ROOT"]`` (default: ``OTEL_RUNS_PROJECT_ROOT``,
+    else the current directory), calls :func:`otel_runs.configure` for it,
+    instruments the app with opentelemetry-instrumentation-flask and registers
+    the runs API, event stream, live page and ``flask runs`` commands.
+    ``authorize(request) -> bool`` guards the API, stream and page (403 when False).
+    """
+
+    def __init__(self, app: Flask | None = None, *,
+                 authorize: Callable[[Request], bool] | None = None,
+                 actions: Iterable[Any] | None = None, **configure_kwargs: Any) -> None:
+        self.authorize = authorize
+        self.actions = list(actions) if actions is not None else None
+        self.configure_kwargs = configure_kwargs
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Wire run tracking into ``app`` (state in ``app.extensions["otel_runs"]``)."""
+        app.config.setdefault(
+            "PROJECT_ROOT", os.environ.get("OTEL_RUNS_PROJECT_ROOT") or os.getcwd())
+        app.config.setdefault("OTEL_RUNS_EXCLUDED_URLS", DEFAULT_EXCLUDED_URLS)
+        app.config.setdefault("OTEL_RUNS_API", True)
+        root = app.config["PROJECT_ROOT"]
+        provider = _setup.configure(root, **self.configure_kwargs)
+        state = _AppState(self, str(root))
+        app.extensions[EXTENSION_KEY] = state
+        self._instrument(app, provider)
+        for hook in _APP_HOOKS:
+            hook(app, state)
+
+    @staticmethod
+    def _instrument(app: Flask, provider: Any) -> None:
+        if getattr(app, "_is_instrumented_by_opentelemetry", False):
+            return
+        from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
+        FlaskInstrumentor().instrument_app(
+            app, tracer_provider=provider,
+            excluded_urls=app.config["OTEL_RUNS_EXCLUDED_URLS"],
+        )
+
+
+class _AppState:
+    """Per-app state kept in ``app.extensions["otel_runs"]``."""
+
+    def __init__(self, ext: RunTracking, project_root: str) -> None:
+        self.ext = ext
+        self.project_root = project_root
+        self.extra: dict[str, Any] = {}
+
+
+#: Functions ``(app, state)`` that other modules (API, CLI, inventory wiring)
+#: register to run at ``init_app``; see ``_register_app_hook``.
+_APP_HOOKS: list[Callable[[Flask, _AppState], None]] = []
+
+
+def _register_app_hook(hook: Callable[[Flask, _AppState], None]) -> None:
+    if hook not in _APP_HOOKS:
+        _APP_HOOKS.append(hook)
