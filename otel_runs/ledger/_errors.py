@@ -1,0 +1,13 @@
+"""Errors raised by the git ledger."""
+
+from __future__ import annotations
+
+__all__ = ["LedgerError", "NotAGitRepository"]
+
+
+class LedgerError(RuntimeError):
+    """Something went wrong reading or writing the git ledger."""
+
+
+class NotAGitRepository(LedgerError):
+    """The project root is not inside a git repository (the message names the path and the fix)."""
