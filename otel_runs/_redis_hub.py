@@ -1,0 +1,232 @@
+"""The event hub on a Redis Stream: one feed for every worker process and host.
+
+Events are ``XADD``-ed to one stream trimmed to about ``buffer_size`` entries
+(``MAXLEN ~``; Redis keeps at least that many). Redis assigns the ids
+(``<ms>-<seq>``), so they increase across every process that publishes, and a
+``Last-Event-ID`` from any worker is understood by all of them. Each stream
+reader blocks in ``XREAD`` on its own connection. Needs the ``redis`` extra.
+
+``publish`` is synchronous with short socket timeouts; ``publish_nowait`` (what
+the SSE processor uses) hands the event to one background thread through a
+bounded queue, so a slow or down Redis never slows a tracked request: events
+that do not fit are dropped with a rate-limited warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any
+
+from ._ratelimit import RateLimitedLog
+from .hub import (
+    DEFAULT_BUFFER_SIZE,
+    DEFAULT_CLIENT_QUEUE,
+    RESET_EVENT,
+    Event,
+    SubscriberDroppedError,
+    _dumps,
+    parse_event_id,
+    validate_event_type,
+)
+
+__all__ = ["DEFAULT_STREAM_KEY", "RedisHub"]
+
+logger = logging.getLogger("otel_runs.hub")
+_warn = RateLimitedLog(logger)
+
+#: The Redis key of the stream (one feed per Redis database by default).
+DEFAULT_STREAM_KEY = "otel-runs:events"
+_PUBLISH_QUEUE = 10_000
+_SOCKET_TIMEOUT = 2.0
+
+
+class RedisHub:
+    """A hub whose buffer is a Redis Stream shared by every process using ``url``."""
+
+    def __init__(self, url: str, *, stream: str = DEFAULT_STREAM_KEY,
+                 buffer_size: int = DEFAULT_BUFFER_SIZE,
+                 client_queue: int = DEFAULT_CLIENT_QUEUE) -> None:
+        try:
+            import redis
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise RuntimeError(
+                "OTEL_RUNS_REDIS_URL is set but the 'redis' package is missing: "
+                "pip install 'otel-runs[redis]'") from exc
+        if client_queue > buffer_size:
+            raise ValueError(f"client_queue ({client_queue}) must not exceed buffer_size ({buffer_size})")
+        self.url = url
+        self.stream = stream
+        self.buffer_size = buffer_size
+        self.client_queue = client_queue
+        self._redis = redis.Redis.from_url(
+            url, socket_timeout=_SOCKET_TIMEOUT, socket_connect_timeout=_SOCKET_TIMEOUT)
+        self._outbox: queue.Queue[tuple[str, str] | None] = queue.Queue(_PUBLISH_QUEUE)
+        self._sender: threading.Thread | None = None
+        self._sender_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._subscribers: set[_RedisSubscription] = set()
+        self._lock = threading.Lock()
+
+    # -- publishing -------------------------------------------------------------
+
+    def publish(self, event_type: str, data: Any) -> str:
+        """``XADD`` the event (trimmed stream); return the id Redis gave it."""
+        validate_event_type(event_type)
+        return self._xadd(event_type, _dumps(data))
+
+    def _xadd(self, event_type: str, text: str) -> str:
+        event_id = self._redis.xadd(
+            self.stream, {"type": event_type, "data": text},
+            maxlen=self.buffer_size, approximate=True)
+        return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
+
+    def publish_nowait(self, event_type: str, data: Any) -> None:
+        """Queue the event for the background sender; drop it (warning) if the queue is full."""
+        validate_event_type(event_type)
+        self._ensure_sender()
+        try:
+            self._outbox.put_nowait((event_type, _dumps(data)))
+        except queue.Full:
+            _warn.warning("redis-hub-full", "otel-runs: Redis event queue full (%d); dropping %s "
+                          "events until %s answers", _PUBLISH_QUEUE, event_type, self.url)
+
+    def _ensure_sender(self) -> None:
+        if self._sender is not None and self._sender.is_alive():
+            return
+        with self._sender_lock:
+            if self._sender is None or not self._sender.is_alive():
+                self._sender = threading.Thread(
+                    target=self._send_loop, name="otel-runs-redis-hub", daemon=True)
+                self._sender.start()
+
+    def _send_loop(self) -> None:
+        while True:
+            item = self._outbox.get()
+            try:
+                if item is None:
+                    return
+                self._xadd(*item)
+            except Exception as exc:
+                _warn.warning("redis-hub-publish", "otel-runs: publishing to Redis %s failed: %s",
+                              self.url, exc)
+            finally:
+                self._outbox.task_done()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait (bounded) until queued ``publish_nowait`` events are sent."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while self._outbox.unfinished_tasks and time.monotonic() < deadline:
+            if self._sender is None or not self._sender.is_alive():
+                break
+            time.sleep(0.005)
+        return not self._outbox.unfinished_tasks
+
+    # -- reading ----------------------------------------------------------------
+
+    @property
+    def last_event_id(self) -> str:
+        """The id of the newest event in the stream (``0-0`` when empty)."""
+        info = self._info()
+        return info["last"] if info else "0-0"
+
+    def _info(self) -> dict[str, str] | None:
+        import redis
+
+        try:
+            raw = self._redis.xinfo_stream(self.stream)
+        except redis.ResponseError:  # no such key yet
+            return None
+
+        def text(key: str) -> str:
+            value = raw.get(key) or raw.get(key.encode())
+            return value.decode() if isinstance(value, bytes) else str(value or "0-0")
+
+        return {"last": text("last-generated-id"), "max_deleted": text("max-deleted-entry-id")}
+
+    def subscribe(self, last_event_id: str | None = None) -> _RedisSubscription:
+        """Follow the stream from now, or from after ``last_event_id`` (``reset`` if
+        that id is malformed, newer than the stream, or already trimmed away)."""
+        info = self._info()
+        now = info["last"] if info else "0-0"
+        cursor, reset = now, False
+        if last_event_id:
+            parsed = parse_event_id(last_event_id)
+            last = parse_event_id(now) or (0, 0)
+            deleted = parse_event_id(info["max_deleted"]) if info else (0, 0)
+            if parsed is None or parsed > last or parsed < (deleted or (0, 0)):
+                reset = True
+            else:
+                cursor = f"{parsed[0]}-{parsed[1]}"
+        sub = _RedisSubscription(self, cursor, reset)
+        with self._lock:
+            self._subscribers.add(sub)
+        return sub
+
+    def _forget(self, sub: _RedisSubscription) -> None:
+        with self._lock:
+            self._subscribers.discard(sub)
+
+    @property
+    def subscriber_count(self) -> int:
+        """How many readers of this process follow the stream now."""
+        with self._lock:
+            return len(self._subscribers)
+
+    def close(self) -> None:
+        """End this process's subscriptions and stop the sender."""
+        self._closed.set()
+        if self._sender is not None:
+            try:
+                self._outbox.put_nowait(None)
+            except queue.Full:
+                pass
+        for sub in list(self._subscribers):
+            sub.close()
+
+
+class _RedisSubscription:
+    """A cursor into the stream; reads with ``XREAD BLOCK`` on a private connection."""
+
+    def __init__(self, hub: RedisHub, cursor: str, reset: bool) -> None:
+        import redis
+
+        self.hub = hub
+        self.cursor = cursor
+        self.pending_reset = reset
+        self.closed = False
+        self._conn = redis.Redis.from_url(hub.url, socket_connect_timeout=_SOCKET_TIMEOUT)
+
+    def next_batch(self, timeout: float) -> list[Event]:
+        if self.pending_reset:
+            self.pending_reset = False
+            return [Event(self.cursor, RESET_EVENT,
+                          _dumps({"reason": "last event id unknown or too old; reload"}))]
+        if self.closed or self.hub._closed.is_set():
+            raise SubscriberDroppedError("hub closed")
+        limit = self.hub.client_queue
+        block_ms = max(1, int(timeout * 1000))
+        reply = self._conn.xread({self.hub.stream: self.cursor}, count=limit + 1, block=block_ms)
+        entries = reply[0][1] if reply else []
+        if len(entries) > limit:
+            raise SubscriberDroppedError(f"reader fell more than {limit} events behind")
+        events: list[Event] = []
+        for raw_id, fields in entries:
+            event_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            etype = fields.get(b"type", b"message").decode()
+            data = fields.get(b"data", b"null").decode()
+            events.append(Event(event_id, etype, data))
+            self.cursor = event_id
+        return events
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.hub._forget(self)
+            try:
+                self._conn.close()
+            except Exception:  # pragma: no cover - best effort
+                pass

@@ -1,0 +1,282 @@
+"""The runs API, the live event stream and the runs page: a blueprint ``RunTracking`` registers.
+
+- ``GET /api/events``: ``text/event-stream`` of the app's hub (``run:started``,
+  ``run:completed``, anything the host app publishes); resumes after
+  ``Last-Event-ID`` (header, or ``?last_event_id=`` for a manual reconnect).
+- ``GET /api/runs/recent?limit=50&type=&status=``: newest first, ``limit`` <= 500.
+- ``GET /api/runs/<run_id>``: the run with its events and child spans.
+- ``GET /api/runs/search?q=&limit=10``: ``@run:`` autocomplete items.
+- ``GET /runs``: the live runs page.
+
+Runs are read through the ledger API only. Every error is JSON. The optional
+``authorize(request) -> bool`` of ``RunTracking`` guards all of it (403).
+
+App config (``app.config``, defaults set at registration):
+``OTEL_RUNS_SSE_HEARTBEAT`` (15.0 s between heartbeat comments),
+``OTEL_RUNS_SSE_BUFFER`` (1000 events kept for replay),
+``OTEL_RUNS_SSE_CLIENT_QUEUE`` (256 events a client may lag before it is dropped),
+``OTEL_RUNS_SSE_RETRY_MS`` (2000, the browser's reconnect delay).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from . import _settings
+from ._ids import InvalidRunId, validate_run_id
+from ._model import STATUSES, Run
+from ._taxonomy import RUN_TYPES
+from .exporters.sse import SSESpanProcessor
+from .hub import Hub, SubscriberDroppedError, get_hub, hub_from_settings
+
+__all__ = ["MAX_RECENT_LIMIT", "MAX_SEARCH_LIMIT", "blueprint", "register", "trace_url_template"]
+
+logger = logging.getLogger("otel_runs.api")
+
+#: Largest ``limit`` accepted by ``/api/runs/recent``.
+MAX_RECENT_LIMIT = 500
+#: Largest ``limit`` accepted by ``/api/runs/search``.
+MAX_SEARCH_LIMIT = 50
+_MAX_QUERY = 200
+_STATIC = Path(__file__).with_name("static")
+
+blueprint = Blueprint("otel_runs", __name__)
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def trace_url_template() -> str | None:
+    """``OTEL_RUNS_TRACE_URL``, e.g. ``http://localhost:16686/trace/{trace_id}``."""
+    return _settings.env_str(_settings.OTEL_RUNS_TRACE_URL)
+
+
+def _error(status: int, message: str) -> Response:
+    resp = jsonify({"error": message, "status": status})
+    resp.status_code = status
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+@blueprint.errorhandler(ApiError)
+def _api_error(exc: ApiError) -> Response:
+    return _error(exc.status, exc.message)
+
+
+@blueprint.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> Response:
+    return _error(exc.code or 500, exc.description or exc.name)
+
+
+@blueprint.errorhandler(Exception)
+def _unexpected(exc: Exception) -> Response:
+    logger.exception("otel-runs API error on %s", request.path)
+    return _error(500, f"internal error: {type(exc).__name__}")
+
+
+@blueprint.before_request
+def _authorize() -> Response | None:
+    state = current_app.extensions["otel_runs"]
+    check = getattr(state.ext, "authorize", None)
+    if check is not None and not check(request):
+        return _error(403, "forbidden")
+    return None
+
+
+@blueprint.after_request
+def _no_store(resp: Response) -> Response:
+    resp.headers.setdefault("Cache-Control", "no-store")
+    return resp
+
+
+# -- ledger access --------------------------------------------------------------
+
+def _ledger() -> Any:
+    state = current_app.extensions["otel_runs"]
+    try:
+        from .ledger import ledger_for
+    except ImportError as exc:
+        raise ApiError(503, f"the run ledger is not available: {exc}") from exc
+    from .ledger._errors import LedgerError, NotAGitRepository
+
+    try:
+        return ledger_for(state.project_root)
+    except NotAGitRepository as exc:
+        raise ApiError(503, str(exc)) from exc
+    except LedgerError as exc:
+        raise ApiError(503, f"the run ledger cannot be opened: {exc}") from exc
+
+
+def _int_arg(name: str, default: int, maximum: int) -> int:
+    raw = request.args.get(name, "")
+    if raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer from 1 to {maximum}, got {raw[:40]!r}") from None
+    if not 1 <= value <= maximum:
+        raise ApiError(400, f"{name} must be from 1 to {maximum}, got {value}")
+    return value
+
+
+def _choice_arg(name: str, choices: Any) -> str | None:
+    value = request.args.get(name, "").strip()
+    if not value:
+        return None
+    if value not in choices:
+        raise ApiError(400, f"unknown {name} {value[:40]!r}; valid: {', '.join(sorted(choices))}")
+    return value
+
+
+def _with_trace_url(run: Run) -> dict[str, Any]:
+    data = run.to_dict()
+    template = trace_url_template()
+    data["trace_url"] = template.replace("{trace_id}", run.trace_id) if template and run.trace_id else None
+    return data
+
+
+# -- REST -------------------------------------------------------------------------
+
+@blueprint.get("/api/runs/recent")
+def recent_runs() -> Response:
+    """``{"runs": [Run...], "limit": n}``, newest first; filters ``type``, ``status``."""
+    limit = _int_arg("limit", 50, MAX_RECENT_LIMIT)
+    run_type = _choice_arg("type", RUN_TYPES)
+    status = _choice_arg("status", STATUSES)
+    runs = _ledger().recent(limit=limit, type=run_type, status=status)
+    return jsonify({"runs": [_with_trace_url(r) for r in runs], "limit": limit})
+
+
+@blueprint.get("/api/runs/search")
+def search_runs() -> Response:
+    """``{"items": [{run_id, label, status, started_at}...]}`` for ``@run:`` autocomplete."""
+    query = request.args.get("q", "").strip()
+    if len(query) > _MAX_QUERY:
+        raise ApiError(400, f"q is longer than {_MAX_QUERY} characters")
+    limit = _int_arg("limit", 10, MAX_SEARCH_LIMIT)
+    ledger = _ledger()
+    runs = ledger.search(query, limit=limit) if query else ledger.recent(limit=limit)
+    return jsonify({"items": [_search_item(r) for r in runs], "q": query})
+
+
+def _search_item(run: Run) -> dict[str, Any]:
+    label = run.subtype if not run.summary else f"{run.subtype}: {run.summary}"
+    if len(label) > 100:
+        label = label[:99] + "\u2026"
+    return {"run_id": run.run_id, "label": label, "status": run.status,
+            "started_at": run.started_at}
+
+
+@blueprint.get("/api/runs/<run_id>/<path:more>")
+def _unknown_api(run_id: str, more: str) -> Response:
+    raise ApiError(404, f"no such API endpoint {request.path[:100]!r}")
+
+
+@blueprint.get("/api/runs/<run_id>")
+def get_run(run_id: str) -> Response:
+    """``{"run": Run, "spans": [child span...]}``; 400 malformed id, 404 unknown."""
+    try:
+        validate_run_id(run_id)
+    except InvalidRunId as exc:
+        raise ApiError(400, str(exc)) from None
+    ledger = _ledger()
+    run = ledger.get(run_id)
+    if run is None:
+        raise ApiError(404, f"no run {run_id!r} in this project's ledger")
+    return jsonify({"run": _with_trace_url(run), "spans": ledger.spans(run_id)})
+
+
+# -- the event stream -------------------------------------------------------------
+
+@blueprint.get("/api/events")
+def events() -> Response:
+    """The live feed (``text/event-stream``)."""
+    hub = get_hub()
+    last_id = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or None
+    heartbeat = float(current_app.config["OTEL_RUNS_SSE_HEARTBEAT"])
+    retry_ms = int(current_app.config["OTEL_RUNS_SSE_RETRY_MS"])
+    try:
+        sub = hub.subscribe(last_id)
+    except Exception as exc:
+        logger.warning("otel-runs: cannot subscribe to the event hub: %s", exc)
+        raise ApiError(503, f"the event hub is not available: {exc}") from None
+    resp = Response(_stream(sub, heartbeat, retry_ms), mimetype="text/event-stream")
+    resp.headers["Cache-Control"] = "no-store"
+    resp.headers["X-Accel-Buffering"] = "no"
+    return resp
+
+
+def _stream(sub: Any, heartbeat: float, retry_ms: int) -> Iterator[str]:
+    """Yield SSE frames until the client goes (the server's write fails and closes
+    this generator), the reader is dropped, or the hub closes."""
+    try:
+        yield f"retry: {retry_ms}\n: connected\n\n"
+        while True:
+            try:
+                batch = sub.next_batch(heartbeat)
+            except SubscriberDroppedError:
+                return
+            if batch:
+                yield "".join(ev.to_sse() for ev in batch)
+            else:
+                yield ": heartbeat\n\n"
+    finally:
+        sub.close()
+
+
+# -- the page -----------------------------------------------------------------------
+
+@blueprint.get("/runs")
+def runs_page() -> Response:
+    """The live runs page (self-contained HTML)."""
+    html = (_STATIC / "runs.html").read_text(encoding="utf-8")
+    config = {"traceUrl": trace_url_template(), "api": request.script_root + "/api",
+              "types": sorted(RUN_TYPES), "statuses": list(STATUSES)}
+    html = html.replace("/*__OTEL_RUNS_CONFIG__*/null",
+                        json.dumps(config).replace("<", "\\u003c"))
+    resp = Response(html, mimetype="text/html")
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+# -- wiring ---------------------------------------------------------------------------
+
+def register(app: Flask, state: Any) -> None:
+    """``RunTracking`` hook: the hub, the SSE processor for this app's runs, the blueprint.
+
+    Does nothing when ``app.config["OTEL_RUNS_API"]`` is false.
+    """
+    if not app.config.get("OTEL_RUNS_API", True):
+        return
+    app.config.setdefault("OTEL_RUNS_SSE_HEARTBEAT", 15.0)
+    app.config.setdefault("OTEL_RUNS_SSE_BUFFER", 1000)
+    app.config.setdefault("OTEL_RUNS_SSE_CLIENT_QUEUE", 256)
+    app.config.setdefault("OTEL_RUNS_SSE_RETRY_MS", 2000)
+    hub: Hub | None = state.extra.get("hub")
+    if hub is None:
+        hub = hub_from_settings(buffer_size=int(app.config["OTEL_RUNS_SSE_BUFFER"]),
+                                client_queue=int(app.config["OTEL_RUNS_SSE_CLIENT_QUEUE"]))
+        state.extra["hub"] = hub
+    if "sse_processor" not in state.extra:
+        from . import _setup
+
+        proc = SSESpanProcessor(hub, project_root=state.project_root)
+        _setup.configure(state.project_root, processors=[proc],
+                         ledger=state.ext.configure_kwargs.get("ledger"))
+        state.extra["sse_processor"] = proc
+    if "otel_runs" not in app.blueprints:
+        app.register_blueprint(blueprint)

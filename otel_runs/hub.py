@@ -1,0 +1,296 @@
+"""The event hub behind ``/api/events``: publish events, replay missed ones, fan out.
+
+``hub.publish("run:started", data)`` appends an event to a ring buffer and wakes
+the stream readers; it never waits for a client. Each reader follows the buffer
+with its own cursor, so a slow or stalled client costs no memory of its own: when
+it falls more than ``client_queue`` events behind it is dropped, and its browser
+reconnects with ``Last-Event-ID`` and replays what it missed from the buffer.
+
+Event ids look like ``<epoch>-<seq>`` (the Redis Streams form) and compare as
+integer pairs. In-process, ``epoch`` is the hub's start time in milliseconds, so
+ids keep increasing across a server restart and an id from an earlier process is
+recognised (the reader gets a ``reset`` event telling it to reload).
+With ``OTEL_RUNS_REDIS_URL`` set, :func:`hub_from_settings` returns the Redis
+backed hub (:mod:`otel_runs._redis_hub`), shared by every process and host.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from . import _settings
+
+__all__ = [
+    "DEFAULT_BUFFER_SIZE",
+    "DEFAULT_CLIENT_QUEUE",
+    "RESET_EVENT",
+    "Event",
+    "EventHub",
+    "Hub",
+    "Subscription",
+    "SubscriberDroppedError",
+    "get_hub",
+    "hub_from_settings",
+    "parse_event_id",
+    "redis_url",
+]
+
+#: Events kept for ``Last-Event-ID`` replay.
+DEFAULT_BUFFER_SIZE = 1000
+#: How far (in events) a reader may fall behind before it is dropped.
+DEFAULT_CLIENT_QUEUE = 256
+#: The event type telling a client its ``Last-Event-ID`` is too old: reload.
+RESET_EVENT = "reset"
+
+_EVENT_ID_RE = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+_EVENT_TYPE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def redis_url() -> str | None:
+    """``OTEL_RUNS_REDIS_URL`` (e.g. ``redis://127.0.0.1:6379/0``), or None."""
+    return _settings.env_str(_settings.OTEL_RUNS_REDIS_URL)
+
+
+def parse_event_id(value: str | None) -> tuple[int, int] | None:
+    """``"1700000000000-7"`` -> ``(1700000000000, 7)``; None for a malformed id."""
+    if value is None:
+        return None
+    match = _EVENT_ID_RE.match(value.strip())
+    if match is None:
+        return None
+    return int(match.group(1)), int(match.group(2))
+
+
+def validate_event_type(event_type: str) -> str:
+    """Return ``event_type`` if it is safe on an ``event:`` line, else raise ``ValueError``."""
+    if not isinstance(event_type, str) or not _EVENT_TYPE_RE.match(event_type):
+        raise ValueError(
+            f"event type {event_type!r} must be 1-64 letters, digits or '_.:-' (e.g. 'run:started')")
+    return event_type
+
+
+@dataclass(frozen=True)
+class Event:
+    """One published event; ``data`` is the JSON text sent on the ``data:`` line."""
+
+    id: str
+    type: str
+    data: str
+
+    def to_sse(self) -> str:
+        """The event in ``text/event-stream`` framing."""
+        return f"event: {self.type}\nid: {self.id}\ndata: {self.data}\n\n"
+
+    def json(self) -> Any:
+        """``data`` decoded."""
+        return json.loads(self.data)
+
+
+class SubscriberDroppedError(Exception):
+    """The reader fell too far behind; it should reconnect with ``Last-Event-ID``."""
+
+
+class Subscription(Protocol):
+    """One stream reader's view of a hub."""
+
+    def next_batch(self, timeout: float) -> list[Event]:
+        """Events after the cursor, waiting up to ``timeout`` s ([] on timeout).
+
+        Raises :class:`SubscriberDroppedError` when the reader is too far behind, or
+        when the hub is closed."""
+
+    def close(self) -> None:
+        """Stop following the hub (idempotent)."""
+
+
+class Hub(Protocol):
+    """What ``/api/events`` and the SSE processor need from a hub."""
+
+    def publish(self, event_type: str, data: Any) -> str:
+        """Publish an event; return its id."""
+
+    def publish_nowait(self, event_type: str, data: Any) -> None:
+        """Publish without ever blocking the caller (may drop, with a warning)."""
+
+    def subscribe(self, last_event_id: str | None = None) -> Subscription:
+        """Follow the hub; replay events after ``last_event_id`` (or a ``reset``)."""
+
+    def close(self) -> None:
+        """End every subscription and release resources."""
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), default=str)
+
+
+class EventHub:
+    """The in-process hub: a ring buffer of the last ``buffer_size`` events.
+
+    Thread-safe. ``publish`` is O(1) and does no I/O.
+    """
+
+    def __init__(self, buffer_size: int = DEFAULT_BUFFER_SIZE,
+                 client_queue: int = DEFAULT_CLIENT_QUEUE) -> None:
+        if buffer_size < 1 or client_queue < 1:
+            raise ValueError("buffer_size and client_queue must be >= 1")
+        if client_queue > buffer_size:
+            raise ValueError(
+                f"client_queue ({client_queue}) must not exceed buffer_size ({buffer_size}): "
+                "a dropped client must be able to catch up from the buffer")
+        self.buffer_size = buffer_size
+        self.client_queue = client_queue
+        self.epoch = time.time_ns() // 1_000_000
+        self._seq = 0
+        self._buffer: deque[tuple[int, Event]] = deque(maxlen=buffer_size)
+        self._cond = threading.Condition(threading.Lock())
+        self._subscribers: set[_LocalSubscription] = set()
+        self._closed = False
+
+    def _event_id(self, seq: int) -> str:
+        return f"{self.epoch}-{seq}"
+
+    @property
+    def last_event_id(self) -> str:
+        """The id of the newest event (``<epoch>-0`` before the first)."""
+        return self._event_id(self._seq)
+
+    @property
+    def subscriber_count(self) -> int:
+        """How many readers follow the hub now."""
+        with self._cond:
+            return len(self._subscribers)
+
+    def publish(self, event_type: str, data: Any) -> str:
+        """Append an event (``data`` is JSON-encoded) and wake the readers; return its id."""
+        validate_event_type(event_type)
+        text = _dumps(data)
+        with self._cond:
+            self._seq += 1
+            event = Event(self._event_id(self._seq), event_type, text)
+            self._buffer.append((self._seq, event))
+            self._cond.notify_all()
+        return event.id
+
+    def publish_nowait(self, event_type: str, data: Any) -> None:
+        """Same as :meth:`publish` (it never blocks on a client)."""
+        self.publish(event_type, data)
+
+    def subscribe(self, last_event_id: str | None = None) -> _LocalSubscription:
+        """Follow the hub from now, or from after ``last_event_id``.
+
+        When that id is malformed, from another hub incarnation, or older than the
+        buffer, the first batch is a single ``reset`` event and reading continues
+        from now.
+        """
+        with self._cond:
+            cursor = self._seq
+            reset = False
+            if last_event_id:
+                parsed = parse_event_id(last_event_id)
+                oldest = self._buffer[0][0] if self._buffer else self._seq + 1
+                if (parsed is None or parsed[0] != self.epoch or parsed[1] > self._seq
+                        or parsed[1] < oldest - 1):
+                    reset = True
+                else:
+                    cursor = parsed[1]
+            sub = _LocalSubscription(self, cursor, reset)
+            self._subscribers.add(sub)
+            return sub
+
+    def close(self) -> None:
+        """End every subscription (their streams finish; clients reconnect)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    # -- used by subscriptions -------------------------------------------------
+
+    def _read(self, sub: _LocalSubscription, timeout: float) -> list[Event]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            if sub.pending_reset:
+                sub.pending_reset = False
+                return [Event(self._event_id(sub.cursor), RESET_EVENT,
+                              _dumps({"reason": "last event id unknown or too old; reload"}))]
+            while True:
+                if self._closed or sub.closed:
+                    raise SubscriberDroppedError("hub closed")
+                lag = self._seq - sub.cursor
+                if lag > self.client_queue:
+                    raise SubscriberDroppedError(f"reader fell {lag} events behind")
+                if lag > 0:
+                    events = [ev for seq, ev in list(_newest(self._buffer, lag))]
+                    sub.cursor = self._seq
+                    return events
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                self._cond.wait(remaining)
+
+    def _unsubscribe(self, sub: _LocalSubscription) -> None:
+        with self._cond:
+            sub.closed = True
+            self._subscribers.discard(sub)
+            self._cond.notify_all()
+
+
+def _newest(buffer: deque[tuple[int, Event]], count: int) -> list[tuple[int, Event]]:
+    out: list[tuple[int, Event]] = []
+    for item in reversed(buffer):
+        if len(out) >= count:
+            break
+        out.append(item)
+    out.reverse()
+    return out
+
+
+class _LocalSubscription:
+    """A cursor into an :class:`EventHub`'s buffer."""
+
+    def __init__(self, hub: EventHub, cursor: int, reset: bool) -> None:
+        self.hub = hub
+        self.cursor = cursor
+        self.pending_reset = reset
+        self.closed = False
+
+    def next_batch(self, timeout: float) -> list[Event]:
+        return self.hub._read(self, timeout)
+
+    def close(self) -> None:
+        self.hub._unsubscribe(self)
+
+
+def hub_from_settings(buffer_size: int = DEFAULT_BUFFER_SIZE,
+                      client_queue: int = DEFAULT_CLIENT_QUEUE) -> Hub:
+    """The Redis hub when ``OTEL_RUNS_REDIS_URL`` is set, else a new :class:`EventHub`."""
+    url = redis_url()
+    if url:
+        from ._redis_hub import RedisHub
+
+        return RedisHub(url, buffer_size=buffer_size, client_queue=client_queue)
+    return EventHub(buffer_size=buffer_size, client_queue=client_queue)
+
+
+def get_hub(app: Any = None) -> Hub:
+    """The hub of a Flask app set up with ``RunTracking`` (default: ``current_app``).
+
+    Host apps publish their own events into the live feed with
+    ``get_hub().publish("deploy:log", {...})``.
+    """
+    if app is None:
+        from flask import current_app
+
+        app = current_app._get_current_object()
+    state = app.extensions.get("otel_runs")
+    if state is None:
+        raise RuntimeError("this app has no RunTracking: call otel_runs.flask.RunTracking(app) first")
+    hub = state.extra.get("hub")
+    if hub is None:
+        raise RuntimeError("this app has no event hub: is OTEL_RUNS_API disabled?")
+    return hub  # type: ignore[no-any-return]
