@@ -161,7 +161,7 @@ class RedisHub:
                 reset = True
             else:
                 cursor = f"{parsed[0]}-{parsed[1]}"
-        sub = _RedisSubscription(self, cursor, reset)
+        sub = _RedisSubscription(self, cursor, reset, replay_until=parse_event_id(now) or (0, 0))
         with self._lock:
             self._subscribers.add(sub)
         return sub
@@ -191,11 +191,14 @@ class RedisHub:
 class _RedisSubscription:
     """A cursor into the stream; reads with ``XREAD BLOCK`` on a private connection."""
 
-    def __init__(self, hub: RedisHub, cursor: str, reset: bool) -> None:
+    def __init__(self, hub: RedisHub, cursor: str, reset: bool,
+                 replay_until: tuple[int, int]) -> None:
         import redis
 
         self.hub = hub
         self.cursor = cursor
+        #: Events up to here are a replay: read in chunks, not a reason to drop.
+        self.replay_until = replay_until
         self.pending_reset = reset
         self.closed = False
         self._conn = redis.Redis.from_url(hub.url, socket_connect_timeout=_SOCKET_TIMEOUT)
@@ -208,8 +211,15 @@ class _RedisSubscription:
         if self.closed or self.hub._closed.is_set():
             raise SubscriberDroppedError("hub closed")
         limit = self.hub.client_queue
+        replaying = (parse_event_id(self.cursor) or (0, 0)) < self.replay_until
+        if replaying:
+            info = self.hub._info()
+            if info and (parse_event_id(self.cursor) or (0, 0)) < (
+                    parse_event_id(info["max_deleted"]) or (0, 0)):
+                raise SubscriberDroppedError("reader fell behind the trimmed stream")
         block_ms = max(1, int(timeout * 1000))
-        reply = self._conn.xread({self.hub.stream: self.cursor}, count=limit + 1, block=block_ms)
+        reply = self._conn.xread({self.hub.stream: self.cursor},
+                                 count=limit if replaying else limit + 1, block=block_ms)
         entries = reply[0][1] if reply else []
         if len(entries) > limit:
             raise SubscriberDroppedError(f"reader fell more than {limit} events behind")

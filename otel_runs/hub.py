@@ -22,6 +22,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Protocol
 
 from . import _settings
@@ -222,11 +223,19 @@ class EventHub:
                 if self._closed or sub.closed:
                     raise SubscriberDroppedError("hub closed")
                 lag = self._seq - sub.cursor
-                if lag > self.client_queue:
-                    raise SubscriberDroppedError(f"reader fell {lag} events behind")
                 if lag > 0:
-                    events = [ev for seq, ev in list(_newest(self._buffer, lag))]
-                    sub.cursor = self._seq
+                    oldest = self._buffer[0][0]
+                    if sub.cursor < oldest - 1:
+                        raise SubscriberDroppedError("reader fell behind the replay buffer")
+                    if lag > self.client_queue and sub.cursor >= sub.replay_until:
+                        raise SubscriberDroppedError(f"reader fell {lag} events behind")
+                    count = min(lag, self.client_queue)
+                    if count == lag:
+                        events = [ev for _, ev in _newest(self._buffer, count)]
+                    else:  # replaying after Last-Event-ID: hand out one chunk at a time
+                        start = sub.cursor + 1 - oldest
+                        events = [ev for _, ev in islice(self._buffer, start, start + count)]
+                    sub.cursor += count
                     return events
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -256,6 +265,8 @@ class _LocalSubscription:
     def __init__(self, hub: EventHub, cursor: int, reset: bool) -> None:
         self.hub = hub
         self.cursor = cursor
+        #: Events up to here are a replay: read in chunks, not a reason to drop.
+        self.replay_until = hub._seq
         self.pending_reset = reset
         self.closed = False
 
