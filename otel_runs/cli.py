@@ -1,0 +1,564 @@
+"""The ``otel-runs`` command line (also mounted as ``flask runs ...``).
+
+Every expected error is one line on stderr and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ._ids import InvalidRunId, validate_run_id
+from ._model import STATUSES, Run
+
+__all__ = ["main", "register", "runs_group"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_PROJECT_KEY = "otel_runs.project"
+
+
+# -- errors and context -----------------------------------------------------------
+
+class CliError(click.ClickException):
+    """An expected failure: printed as one ``Error: ...`` line, exit status 1."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True)
+
+
+def _one_line(text: object) -> str:
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    return lines[0] if lines else str(text)
+
+
+def friendly(fn: F) -> F:
+    """Turn the errors a user can cause (bad id, not a repository, unreachable
+    server, ...) into one-line :class:`CliError`s."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .ledger._errors import LedgerError
+
+        try:
+            return fn(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except (InvalidRunId, LedgerError) as exc:
+            raise CliError(_one_line(exc)) from None
+        except OSError as exc:
+            raise CliError(_one_line(exc)) from None
+    return wrapper  # type: ignore[return-value]
+
+
+def _set_project(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.meta[_PROJECT_KEY] = value
+
+
+project_option = click.option(
+    "--project", metavar="PATH", callback=_set_project, expose_value=False, is_eager=True,
+    help="Project (git checkout) whose ledger to use; default: OTEL_RUNS_PROJECT_ROOT, "
+         "the Flask app's PROJECT_ROOT under 'flask runs', else the current directory.")
+
+
+def project_root(ctx: click.Context) -> str:
+    """The project root: ``--project``, else the Flask app's ``PROJECT_ROOT`` (under
+    ``flask runs``), else ``OTEL_RUNS_PROJECT_ROOT``, else the current directory."""
+    explicit = ctx.meta.get(_PROJECT_KEY)
+    if explicit:
+        return str(Path(explicit).expanduser())
+    app = _flask_app(ctx, required=False)
+    if app is not None and app.config.get("PROJECT_ROOT"):
+        return str(app.config["PROJECT_ROOT"])
+    from . import _settings
+
+    return _settings.env_str(_settings.OTEL_RUNS_PROJECT_ROOT) or os.getcwd()
+
+
+def _flask_app(ctx: click.Context, *, required: bool) -> Any:
+    """The app of ``flask runs ...`` (None outside the flask command)."""
+    try:
+        from flask.cli import ScriptInfo
+    except ImportError:  # pragma: no cover - flask is a dependency
+        return None
+    info = ctx.find_object(ScriptInfo)
+    if info is None:
+        return None
+    try:
+        return info.load_app()
+    except click.ClickException as exc:
+        if required:
+            raise CliError(_one_line(exc.format_message())) from None
+        return None
+
+
+def _ledger(ctx: click.Context) -> Any:
+    try:
+        from .ledger import ledger_for
+    except ImportError as exc:
+        raise CliError(f"the git ledger is not available in this installation: {exc}") from None
+    root = project_root(ctx)
+    if not Path(root).is_dir():
+        raise CliError(f"project {root} does not exist; pass --project PATH of a git checkout")
+    ledger = ledger_for(root)
+    return ledger
+
+
+# -- formatting ----------------------------------------------------------------------
+
+_STATUS_COLORS = {"ok": "green", "failed": "red", "running": "yellow", "cancelled": "magenta",
+                  "interrupted": "magenta"}
+
+
+def _when(iso: str | None) -> str:
+    if not iso:
+        return "-"
+    try:
+        dt = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return iso
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    if ms < 1000:
+        return f"{ms:.0f}ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.1f}s"
+    return f"{int(ms // 60_000)}m{int(ms % 60_000 / 1000):02d}s"
+
+
+def _status(status: str) -> str:
+    return click.style(f"{status:<11}", fg=_STATUS_COLORS.get(status))
+
+
+def _table(runs: list[Run]) -> Iterator[str]:
+    yield f"{'RUN ID':<30} {'STATUS':<11} {'SUBTYPE':<26} {'STARTED (UTC)':<19} {'TIME':>7}  SUMMARY"
+    for run in runs:
+        summary = run.summary.replace("\n", " ")
+        if len(summary) > 60:
+            summary = summary[:59] + "…"
+        yield (f"{run.run_id:<30} {_status(run.status)} {run.subtype[:26]:<26} "
+               f"{_when(run.started_at):<19} {_duration(run.duration_ms):>7}  {summary}")
+
+
+def _run_line(event: str, run: dict[str, Any]) -> str:
+    status = str(run.get("status", "?"))
+    when = _when(run.get("ended_at") or run.get("started_at"))
+    dur = _duration(run.get("duration_ms")) if status != "running" else ""
+    return (f"{when}  {event:<14} {run.get('run_id', '?'):<30} {_status(status)} "
+            f"{str(run.get('subtype', '')):<26} {dur:>7}  {str(run.get('summary', ''))[:80]}")
+
+
+# -- the group -----------------------------------------------------------------------
+
+@click.group("otel-runs", context_settings={"help_option_names": ["-h", "--help"]})
+@project_option
+def runs_group() -> None:
+    """Inspect, follow, share and check the runs of a project's git ledger."""
+
+
+@runs_group.command("list")
+@project_option
+@click.option("--type", "run_type", metavar="TYPE", help="Only runs of this type (e.g. deploy).")
+@click.option("--status", type=click.Choice(STATUSES), help="Only runs with this status.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of runs.")
+@click.pass_context
+@friendly
+def list_command(ctx: click.Context, run_type: str | None, status: str | None, limit: int,
+                 as_json: bool) -> None:
+    """List the most recent runs, newest first."""
+    runs = _ledger(ctx).recent(limit=limit, type=run_type, status=status)
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in runs], indent=2))
+        return
+    if not runs:
+        click.echo("no runs" + (" matching the filters" if run_type or status else
+                                f" in the ledger of {project_root(ctx)}"))
+        return
+    for line in _table(runs):
+        click.echo(line)
+
+
+@runs_group.command("show")
+@project_option
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the run (with its spans) as JSON.")
+@click.pass_context
+@friendly
+def show_command(ctx: click.Context, run_id: str, as_json: bool) -> None:
+    """Show one run: fields, metadata, events and child spans."""
+    run_id = validate_run_id(run_id.strip())
+    ledger = _ledger(ctx)
+    run = ledger.get(run_id)
+    if run is None:
+        raise CliError(f"no run {run_id} in the ledger of {project_root(ctx)}")
+    spans = ledger.spans(run_id)
+    if as_json:
+        click.echo(json.dumps({**run.to_dict(), "spans": spans}, indent=2))
+        return
+    rows = [("run", run.run_id),
+            ("status", click.style(run.status, fg=_STATUS_COLORS.get(run.status))),
+            ("type", f"{run.type}  ({run.subtype})"), ("summary", run.summary or "-"),
+            ("started", _when(run.started_at)), ("ended", _when(run.ended_at)),
+            ("duration", _duration(run.duration_ms)), ("service", run.service or "-"),
+            ("trace", f"{run.trace_id} / span {run.span_id}"),
+            ("parent run", run.parent_run_id or "-")]
+    for key, value in rows:
+        click.echo(f"{key + ':':<12} {value}")
+    if run.metadata:
+        click.echo("metadata:")
+        for key, value in run.metadata.items():
+            click.echo(f"  {key} = {json.dumps(value, ensure_ascii=False)}")
+    click.echo(f"events: {len(run.events)}")
+    for ev in run.events:
+        attrs = ", ".join(f"{k}={v}" for k, v in (ev.get("attributes") or {}).items())
+        click.echo(f"  {_when(ev.get('timestamp'))}  {ev.get('name')}"
+                   + (f"  ({attrs})" if attrs else ""))
+    click.echo(f"child spans: {len(spans)}")
+    for span in spans:
+        start, end = span.get("start_time_ns"), span.get("end_time_ns")
+        dur = _duration((end - start) / 1e6) if start and end else "-"
+        click.echo(f"  {span.get('name')}  {span.get('status', '')}  {dur}")
+
+
+@runs_group.command("tail")
+@project_option
+@click.option("--url", metavar="URL",
+              help="Follow a server's live event stream (URL of the app, or of /api/events).")
+@click.option("--interval", type=click.FloatRange(0.05, 60), default=1.0, show_default=True,
+              help="Seconds between ledger polls (without --url).")
+@click.option("--count", type=click.IntRange(1), help="Exit after this many runs.")
+@click.option("--timeout", type=click.FloatRange(0), help="Exit after this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_context
+@friendly
+def tail_command(ctx: click.Context, url: str | None, interval: float, count: int | None,
+                 timeout: float | None, as_json: bool) -> None:
+    """Follow new runs live: from a server's event stream (--url) or the ledger."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seen = 0
+    source = _tail_events(url, deadline) if url else _tail_ledger(ctx, interval, deadline)
+    if not as_json:
+        where = url or f"the ledger of {project_root(ctx)}"
+        click.echo(f"following runs from {where} (Ctrl-C to stop)", err=True)
+    try:
+        for event, run in source:
+            if as_json:
+                click.echo(json.dumps({"event": event, "run": run}))
+            else:
+                click.echo(_run_line(event, run))
+            if event != "run:started":
+                seen += 1
+                if count is not None and seen >= count:
+                    return
+    except KeyboardInterrupt:
+        return
+
+
+def _tail_ledger(ctx: click.Context, interval: float,
+                 deadline: float | None) -> Iterator[tuple[str, dict[str, Any]]]:
+    ledger = _ledger(ctx)
+    known = {r.run_id for r in ledger.recent(limit=200)}
+    while deadline is None or time.monotonic() < deadline:
+        fresh = [r for r in ledger.recent(limit=200) if r.run_id not in known]
+        for run in sorted(fresh, key=lambda r: r.run_id):
+            known.add(run.run_id)
+            yield "run:completed" if run.status != "running" else "run:started", run.to_dict()
+        pause = interval if deadline is None else min(interval, deadline - time.monotonic())
+        if pause > 0:
+            time.sleep(pause)
+
+
+def _events_url(url: str) -> str:
+    base = url.rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise CliError(f"--url must be an http(s) URL, got {url!r}")
+    return base if base.endswith("/api/events") else base + "/api/events"
+
+
+def _tail_events(url: str, deadline: float | None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Run events from a server-sent event stream; reconnects with Last-Event-ID."""
+    events_url = _events_url(url)
+    last_id: str | None = None
+    failures = 0
+    while deadline is None or time.monotonic() < deadline:
+        headers = {"Accept": "text/event-stream"}
+        if last_id:
+            headers["Last-Event-ID"] = last_id
+        req = urllib.request.Request(events_url, headers=headers)
+        # Longer than the server's 15 s heartbeat; an idle read past it reconnects.
+        wait = 20.0 if deadline is None else max(0.1, min(20.0, deadline - time.monotonic()))
+        try:
+            resp = urllib.request.urlopen(req, timeout=wait)  # noqa: S310 - user-given URL
+        except urllib.error.HTTPError as exc:
+            raise CliError(f"{events_url} answered HTTP {exc.code}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            if last_id is None or failures >= 5:
+                raise CliError(f"cannot reach {events_url}: {reason}") from None
+            failures += 1
+            time.sleep(min(2.0, 0.2 * failures))
+            continue
+        failures = 0
+        try:
+            for event_id, event, data in _sse_records(resp, deadline):
+                if event_id:
+                    last_id = event_id
+                if event in ("run:started", "run:completed") and isinstance(data, dict):
+                    yield event, data
+        except (TimeoutError, OSError):
+            pass  # idle past our own timeout or the connection dropped: reconnect
+        finally:
+            resp.close()
+
+
+def _sse_records(resp: Any, deadline: float | None) -> Iterator[tuple[str | None, str, Any]]:
+    """(id, event, decoded data) for each event of a text/event-stream body."""
+    event_id: str | None = None
+    event = "message"
+    data: list[str] = []
+    while deadline is None or time.monotonic() < deadline:
+        raw = resp.readline()
+        if not raw:
+            return
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if not line:
+            if data:
+                try:
+                    decoded: Any = json.loads("\n".join(data))
+                except ValueError:
+                    decoded = "\n".join(data)
+                yield event_id, event, decoded
+            event, data = "message", []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "event":
+            event = value
+        elif field == "data":
+            data.append(value)
+        elif field == "id":
+            event_id = value
+
+
+@runs_group.command("serve")
+@project_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=5055, show_default=True)
+@click.pass_context
+@friendly
+def serve_command(ctx: click.Context, host: str, port: int) -> None:
+    """Serve the runs API and the live runs page over a project's ledger."""
+    root = project_root(ctx)
+    _ledger(ctx)  # a clear error now if the root is not a git repository
+    app = make_serve_app(root)
+    click.echo(f"otel-runs: serving the ledger of {Path(root).resolve()} "
+               f"at http://{host}:{port}/runs", err=True)
+    app.run(host=host, port=port, threaded=True, use_reloader=False)
+
+
+def make_serve_app(root: str) -> Any:
+    """A minimal Flask app with the runs API and live page over ``root``'s ledger."""
+    from flask import Flask, redirect
+
+    from .flask import RunTracking
+
+    app = Flask("otel_runs.serve")
+    app.config["PROJECT_ROOT"] = root
+    ext = RunTracking(app)
+    _ensure_api(app, ext)
+
+    @app.get("/")
+    def home() -> Any:
+        return redirect("/runs")
+
+    return app
+
+
+def _ensure_api(app: Any, ext: Any) -> None:
+    """Register the runs API blueprint if ``RunTracking`` did not (yet)."""
+    if "otel_runs" in app.blueprints:
+        return
+    try:
+        from . import api
+    except ImportError as exc:
+        raise CliError(f"the runs API is not available in this installation: {exc}") from None
+    api.register(app, app.extensions["otel_runs"])
+
+
+@runs_group.command("sync")
+@project_option
+@click.argument("remote", default="origin")
+@click.option("--retries", type=click.IntRange(1, 50), default=5, show_default=True,
+              help="Attempts when the push is rejected because the remote moved.")
+@click.pass_context
+@friendly
+def sync_command(ctx: click.Context, remote: str, retries: int) -> None:
+    """Merge the ledger with REMOTE's (fetch, union, push; never forces)."""
+    from .ledger._sync import SYNC_STEPS, sync_ledger
+
+    ledger = _ledger(ctx)
+    ledger.flush()
+    with click.progressbar(length=len(SYNC_STEPS), label=f"sync with {remote}",
+                           file=sys.stderr, item_show_func=lambda s: s) as bar:
+        result = sync_ledger(ledger.project_root, remote, branch=ledger.branch,
+                             tag_prefix=ledger.tag_prefix, max_attempts=retries,
+                             on_step=lambda name: bar.update(1, name))
+    click.echo(result.describe())
+
+
+@runs_group.command("verify")
+@project_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+@friendly
+def verify_command(ctx: click.Context, as_json: bool) -> None:
+    """Check the ledger: every run file parses and has its tag, no orphan tags."""
+    from .ledger._verify import verify_ledger
+
+    ledger = _ledger(ctx)
+    ledger.flush()
+    bar_box: list[Any] = []
+
+    def on_total(n: int) -> None:
+        bar = click.progressbar(length=max(n, 1), label="verify", file=sys.stderr)
+        bar.__enter__()
+        bar_box.append(bar)
+
+    try:
+        report = verify_ledger(ledger.project_root, branch=ledger.branch,
+                               tag_prefix=ledger.tag_prefix, on_total=on_total,
+                               on_progress=lambda k: bar_box[0].update(k) if bar_box else None)
+    finally:
+        for bar in bar_box:
+            bar.__exit__(None, None, None)
+    if as_json:
+        click.echo(json.dumps({"ok": report.ok, "branch": report.branch, "runs": report.runs,
+                               "tags": report.tags,
+                               "problems": [vars(p) for p in report.problems]}, indent=2))
+    else:
+        for problem in report.problems[:100]:
+            click.echo(problem.describe())
+        if len(report.problems) > 100:
+            click.echo(f"... and {len(report.problems) - 100} more problems")
+        click.echo(f"{report.runs} runs, {report.tags} tags on {report.branch}: "
+                   + ("ok" if report.ok else f"{len(report.problems)} problem(s)"))
+    if not report.ok:
+        ctx.exit(1)
+
+
+@runs_group.command("audit")
+@click.argument("app_path", required=False, metavar="MODULE:APP")
+@click.option("--json", "as_json", is_flag=True, help="Print every action route as JSON.")
+@click.option("--all", "show_all", is_flag=True, help="Also list the tracked routes.")
+@click.pass_context
+@friendly
+def audit_command(ctx: click.Context, app_path: str | None, as_json: bool,
+                  show_all: bool) -> None:
+    """List POST/PUT/PATCH/DELETE routes that do not open a run; exit 1 if any.
+
+    MODULE:APP is like flask's --app: 'pkg.web:app', 'pkg.web:create_app()' or a
+    module that has an 'app' or 'create_app'. Under 'flask runs audit' it is the
+    flask app.
+    """
+    from .audit import audit_routes
+
+    app = _load_app(ctx, app_path)
+    routes = audit_routes(app)
+    untracked = [r for r in routes if not r.tracked]
+    if as_json:
+        click.echo(json.dumps({"app": app.import_name, "total": len(routes),
+                               "untracked": [r.to_dict() for r in untracked],
+                               "tracked": [r.to_dict() for r in routes if r.tracked]}, indent=2))
+    else:
+        shown = routes if show_all else untracked
+        for r in shown:
+            mark = click.style("tracked  ", fg="green") if r.tracked else click.style(
+                "UNTRACKED", fg="red")
+            extra = f"  [{r.subtype}]" if r.tracked else ""
+            click.echo(f"{mark} {r.method:<6} {r.rule:<40} {r.view}{extra}")
+        click.echo(f"{len(untracked)} of {len(routes)} state-changing routes of "
+                   f"{app.import_name} open no run")
+    if untracked:
+        ctx.exit(1)
+
+
+def _load_app(ctx: click.Context, app_path: str | None) -> Any:
+    if app_path is None:
+        app = _flask_app(ctx, required=True)
+        if app is None:
+            raise CliError("give the app as MODULE:APP (e.g. 'myproject.web:create_app()')")
+        return app
+    from flask.cli import ScriptInfo
+
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return ScriptInfo(app_import_path=app_path, set_debug_flag=False,
+                          load_dotenv_defaults=False).load_app()
+    except click.ClickException as exc:
+        raise CliError(_one_line(exc.format_message())) from None
+    except Exception as exc:  # the user's module raised while importing
+        raise CliError(f"loading {app_path} failed: {type(exc).__name__}: "
+                       f"{_one_line(exc)}") from None
+
+
+@runs_group.command("demo")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind (keep 127.0.0.1 unless you know why).")
+@click.option("--port", type=click.IntRange(0, 65535), default=5050, show_default=True)
+@click.option("--dir", "directory", type=click.Path(file_okay=False), metavar="DIR",
+              help="Where to create the scratch project (default: a new temp directory).")
+@click.option("--delay", type=click.FloatRange(0, 30), default=None,
+              help="Seconds a simulated tool takes (default 0.4; 0 for instant).")
+@friendly
+def demo_command(host: str, port: int, directory: str | None, delay: float | None) -> None:
+    """Start the demo control plane: every action of the inventory as a button."""
+    try:
+        from .demo import serve_demo
+    except ImportError as exc:
+        raise CliError(f"the demo needs the 'demo' extra: pip install 'otel-runs[demo]' ({exc})"
+                       ) from None
+    serve_demo(host=host, port=port, directory=directory, delay=delay)
+
+
+def _mount_optional_commands() -> None:
+    try:
+        from .backfill import export_otlp_command
+    except ImportError:
+        return
+    runs_group.add_command(export_otlp_command, "export-otlp")
+
+
+_mount_optional_commands()
+
+
+def register(app: Any, state: Any) -> None:
+    """``RunTracking`` hook: mount these commands as ``flask runs ...``."""
+    if "runs" not in app.cli.commands:
+        app.cli.add_command(runs_group, "runs")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``otel-runs`` console script."""
+    runs_group.main(args=argv, prog_name="otel-runs")
+
+
+if __name__ == "__main__":  # python -m otel_runs.cli
+    main()
