@@ -71,10 +71,30 @@ def decode_request(request: trace_service_pb2.ExportTraceServiceRequest,
 
 
 class _Store:
-    def __init__(self) -> None:
+    def __init__(self, hold: bool = False) -> None:
         self.cond = threading.Condition()
         self.spans: list[dict[str, Any]] = []
         self.requests = 0
+        #: Export requests that arrived and are being held unanswered (``hold=True``).
+        self.held = 0
+        self._released = threading.Event()
+        if not hold:
+            self._released.set()
+
+    def _hold(self) -> None:
+        """With ``hold=True``: keep the request unanswered until :meth:`release`."""
+        if self._released.is_set():
+            return
+        with self.cond:
+            self.held += 1
+            self.cond.notify_all()
+        self._released.wait(120)
+        with self.cond:
+            self.held -= 1
+
+    def release(self) -> None:
+        """Answer held requests (and every later one) normally."""
+        self._released.set()
 
     def add(self, spans: list[dict[str, Any]]) -> None:
         with self.cond:
@@ -103,16 +123,18 @@ class _Store:
 
 
 class OTLPHttpReceiver(_Store):
-    """An OTLP/HTTP (protobuf) trace receiver on 127.0.0.1; ``.endpoint`` is the base URL."""
+    """An OTLP/HTTP (protobuf) trace receiver on 127.0.0.1; ``.endpoint`` is the base URL.
+    With ``hold=True`` it accepts export requests and does not answer until :meth:`release`."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, hold: bool = False) -> None:
+        super().__init__(hold)
         store = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
+                store._hold()
                 encoding = (self.headers.get("Content-Encoding") or "").lower()
                 if encoding == "gzip":
                     body = gzip.decompress(body)
@@ -142,22 +164,25 @@ class OTLPHttpReceiver(_Store):
         self._thread.start()
 
     def stop(self) -> None:
+        self.release()
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(timeout=10)
 
 
 class OTLPGrpcReceiver(_Store):
-    """An OTLP/gRPC trace receiver (the proto's ``TraceService``) on 127.0.0.1."""
+    """An OTLP/gRPC trace receiver (the proto's ``TraceService``) on 127.0.0.1.
+    With ``hold=True`` it accepts export calls and does not answer until :meth:`release`."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, hold: bool = False) -> None:
+        super().__init__(hold)
         import grpc
 
         store = self
 
         class Servicer(trace_service_pb2_grpc.TraceServiceServicer):
             def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - proto naming
+                store._hold()
                 store.add(decode_request(request, dict(context.invocation_metadata())))
                 return trace_service_pb2.ExportTraceServiceResponse()
 
@@ -168,6 +193,7 @@ class OTLPGrpcReceiver(_Store):
         self.server.start()
 
     def stop(self) -> None:
+        self.release()
         self.server.stop(grace=None).wait(10)
 
 

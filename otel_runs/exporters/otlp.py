@@ -241,6 +241,7 @@ class QuietExporter(SpanExporter):
         self.failures = 0
         self.dropped_spans = 0
         self.in_flight = 0
+        self._shut_down = False
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         with self._lock:
@@ -255,7 +256,7 @@ class QuietExporter(SpanExporter):
                     result, reason = SpanExportResult.FAILURE, f"{type(exc).__name__}: {exc}"
             if result is SpanExportResult.SUCCESS:
                 return result
-            reason = reason or (captured[-1] if captured else "export failed")
+            reason = reason or " / ".join(dict.fromkeys(captured)) or "export failed"
             with self._lock:
                 self.failures += 1
                 self.dropped_spans += len(spans)
@@ -272,6 +273,11 @@ class QuietExporter(SpanExporter):
                 self.in_flight -= 1
 
     def shutdown(self) -> None:
+        """Shut the wrapped exporter down (once); aborts its pending retries."""
+        with self._lock:
+            if self._shut_down:
+                return
+            self._shut_down = True
         with capture_export_logs():
             self.exporter.shutdown()
 
@@ -327,7 +333,12 @@ class OTLPSpanProcessor(BatchSpanProcessor):
             done.set()
 
     def shutdown(self) -> None:
-        """Stop exporting; waits at most one export timeout for the last batches."""
+        """Export what is queued and stop; waits at most about two export timeouts
+        (a collector that hangs: the pending export is abandoned, its spans dropped)."""
+        if not self.force_flush():
+            # Still stuck on the collector: make the exporter give up its retries now
+            # (the SDK would only do so after waiting for its worker thread).
+            self.quiet_exporter.shutdown()
         self._batch_processor.shutdown(timeout_millis=int(self.timeout * 1000))
 
 
