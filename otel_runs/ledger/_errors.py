@@ -9,5 +9,5 @@ class LedgerError(RuntimeError):
     """Something went wrong reading or writing the git ledger."""
 
 
-class NotAGitRepository(LedgerError):
+class NotAGitRepository(LedgerError):  # noqa: N818 - name fixed by the ledger API
     """The project root is not inside a git repository (the message names the path and the fix)."""

@@ -12,8 +12,9 @@ import struct
 import subprocess
 import tempfile
 import zlib
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import IO, Iterable, Sequence
+from typing import IO
 
 from ._errors import LedgerError
 

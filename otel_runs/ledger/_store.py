@@ -26,17 +26,27 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import git
 
 from .._ids import RUN_ID_PATTERN, validate_run_id
 from .._model import Run
 from ._errors import LedgerError, NotAGitRepository
-from ._git import BLOB_MODE, TREE_MODE, CatFile, git_env, hash_object, parse_tree, serialize_tree, write_pack
+from ._git import (
+    BLOB_MODE,
+    TREE_MODE,
+    CatFile,
+    git_env,
+    hash_object,
+    parse_tree,
+    serialize_tree,
+    write_pack,
+)
 from ._layout import (
     RUN_FILE,
     SPANS_FILE,
@@ -105,11 +115,15 @@ def _discover(project_root: str | os.PathLike[str]) -> tuple[Path, str]:
     try:
         repo = git.Repo(root, search_parent_directories=True)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
-        raise NotAGitRepository(f"project root {root} is not inside a git repository: {fix}") from exc
+        raise NotAGitRepository(
+            f"project root {root} is not inside a git repository: {fix}"
+        ) from exc
     try:
         common = Path(repo.common_dir).resolve()
         try:
-            algo = str(repo.config_reader("repository").get_value("extensions", "objectformat", "sha1"))
+            algo = str(
+                repo.config_reader("repository").get_value("extensions", "objectformat", "sha1")
+            )
         except Exception:  # noqa: BLE001 - unreadable config: git itself will complain later
             algo = "sha1"
     finally:
@@ -171,7 +185,9 @@ class GitStore:
             self._reader = CatFile(self._git, self.git_dir)
         return self._reader
 
-    def _run_git(self, *args: str, input: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    def _run_git(
+        self, *args: str, input: bytes | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[bytes]:
         proc = subprocess.run(
             [self._git, "--git-dir", str(self.git_dir), *args],
             input=input,
@@ -193,7 +209,9 @@ class GitStore:
                 [self._git, "check-ref-format", name], capture_output=True, env=git_env()
             )
             if proc.returncode != 0:
-                raise LedgerError(f"invalid ledger branch or tag prefix: {name!r} is not a valid ref name")
+                raise LedgerError(
+                    f"invalid ledger branch or tag prefix: {name!r} is not a valid ref name"
+                )
 
     def close(self) -> None:
         """Stop the ``cat-file`` reader. Idempotent; the store is unusable afterwards."""
@@ -229,9 +247,11 @@ class GitStore:
 
     def _commits(self, oids: Sequence[str]) -> list[_Commit | None]:
         out: list[_Commit | None] = []
-        for oid, got in zip(oids, self._cat().read_many(oids)):
+        for oid, got in zip(oids, self._cat().read_many(oids), strict=True):
             if got is None or got[1] != "commit":
-                logger.warning("ledger %s: commit %s is missing or not a commit; skipped", self.git_dir, oid)
+                logger.warning(
+                    "ledger %s: commit %s is missing or not a commit; skipped", self.git_dir, oid
+                )
                 out.append(None)
             else:
                 out.append(_Commit(got[0], got[2]))
@@ -242,7 +262,9 @@ class GitStore:
         cache = self._trees
         missing = [o for o in dict.fromkeys(oids) if o not in cache]
         if missing:
-            for oid, got in zip(missing, self._cat().read_many([o.hex() for o in missing])):
+            for oid, got in zip(
+                missing, self._cat().read_many([o.hex() for o in missing]), strict=True
+            ):
                 if got is not None and got[1] == "tree":
                     self._remember_tree(oid, parse_tree(got[2], self._oid_len))
         out: list[dict[str, tuple[bytes, bytes]] | None] = []
@@ -279,7 +301,11 @@ class GitStore:
                         raise
                 if time.monotonic() > deadline:
                     # Still correct without it (update-ref checks the old value): just slower.
-                    logger.warning("ledger %s: write lock busy for %ss; writing without it", self.git_dir, _LOCK_TIMEOUT_S)
+                    logger.warning(
+                        "ledger %s: write lock busy for %ss; writing without it",
+                        self.git_dir,
+                        _LOCK_TIMEOUT_S,
+                    )
                     break
                 time.sleep(delay)
                 delay = min(delay * 2, 0.02)
@@ -337,10 +363,14 @@ class GitStore:
                 run_id = validate_run_id(run.get("run_id") if isinstance(run, dict) else None)
                 if run_id in out:
                     continue
-                body = (json.dumps(run, ensure_ascii=False, sort_keys=True, indent=1) + "\n").encode()
+                body = (
+                    json.dumps(run, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+                    + "\n"
+                ).encode()
                 span_blob = (
                     "".join(
-                        json.dumps(s, ensure_ascii=False, sort_keys=True, separators=(",", ":")) + "\n"
+                        json.dumps(s, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+                        + "\n"
                         for s in spans
                     ).encode()
                     if spans
@@ -385,7 +415,9 @@ class GitStore:
         def build(path: tuple[str, ...], node: dict[str, Any]) -> bytes:
             entries = dict(existing.get(path) or {})
             for name, child in node.items():
-                entries[name] = (TREE_MODE, build((*path, name), child)) if isinstance(child, dict) else child
+                entries[name] = (
+                    (TREE_MODE, build((*path, name), child)) if isinstance(child, dict) else child
+                )
             data = serialize_tree(entries)
             oid = hash_object("tree", data, self._algo)
             objects.append(("tree", oid, data))
@@ -417,7 +449,7 @@ class GitStore:
         depth = 0
         while level:
             keys = list(level)
-            for key, entries in zip(keys, self._trees_for([level[k] for k in keys])):
+            for key, entries in zip(keys, self._trees_for([level[k] for k in keys]), strict=True):
                 existing[key] = entries
             nxt: dict[tuple[str, ...], bytes] = {}
             for path in paths:
@@ -457,8 +489,12 @@ class GitStore:
         if self.tag_prefix is not None:
             cmds += [f"update refs/tags/{self.tag_prefix}{run_id} {new}" for run_id in run_ids]
         proc = self._run_git(
-            "-c", "core.logAllRefUpdates=false", "update-ref", "--stdin",
-            input=("\n".join(cmds) + "\n").encode(), check=False,
+            "-c",
+            "core.logAllRefUpdates=false",
+            "update-ref",
+            "--stdin",
+            input=("\n".join(cmds) + "\n").encode(),
+            check=False,
         )
         if proc.returncode == 0:
             return True
@@ -514,11 +550,16 @@ class GitStore:
             raw = json.loads(data)
             run = Run.from_dict(raw).to_dict()
         except (ValueError, TypeError) as exc:
-            logger.warning("ledger %s: skipping corrupt run file for %s: %s", self.git_dir, run_id, exc)
+            logger.warning(
+                "ledger %s: skipping corrupt run file for %s: %s", self.git_dir, run_id, exc
+            )
             return None
         if run["run_id"] != run_id:
             logger.warning(
-                "ledger %s: skipping run file at %s: it says run_id %r", self.git_dir, run_id, run["run_id"]
+                "ledger %s: skipping run file at %s: it says run_id %r",
+                self.git_dir,
+                run_id,
+                run["run_id"],
             )
             return None
         return run
@@ -527,7 +568,7 @@ class GitStore:
         got = self._cat().read_many([f"{rev}:{run_path(r)}" for r in run_ids])
         return [
             self._load_run(r, g[2] if g is not None and g[1] == "blob" else None)
-            for r, g in zip(run_ids, got)
+            for r, g in zip(run_ids, got, strict=True)
         ]
 
     def get(self, run_id: str) -> dict[str, Any] | None:
@@ -554,7 +595,9 @@ class GitStore:
             if isinstance(span, dict):
                 out.append(span)
             else:
-                logger.warning("ledger %s: skipping bad span line %d of run %s", self.git_dir, n, run_id)
+                logger.warning(
+                    "ledger %s: skipping bad span line %d of run %s", self.git_dir, n, run_id
+                )
         return out
 
     def contains(self, run_ids: Iterable[str]) -> set[str]:
@@ -567,7 +610,7 @@ class GitStore:
             if tip is None:
                 return set()
             got = self._cat().read_many([f"{tip.oid.hex()}:{run_path(r)}" for r in ids])
-        return {r for r, g in zip(ids, got) if g is not None}
+        return {r for r, g in zip(ids, got, strict=True) if g is not None}
 
     def _index(self) -> Iterator[tuple[str, IndexLine]]:
         """``(tip oid, index line)`` for every recorded run, by run id descending (lazy).
@@ -625,13 +668,13 @@ class GitStore:
         """Runs whose index line and data match, newest first, reading blobs in chunks."""
         found = 0
         chunk: list[str] = []
-        rev = ""
+        revs: list[str] = [""]
         stream = self._index()
 
         def flush() -> Iterator[dict[str, Any]]:
             nonlocal found
             with self._read_lock:
-                runs = self._read_runs(rev, chunk)
+                runs = self._read_runs(revs[-1], chunk)
             chunk.clear()
             for run in runs:
                 if run is not None and run_ok(run) and (limit is None or found < limit):
@@ -639,6 +682,7 @@ class GitStore:
                     yield run
 
         for rev, line in stream:
+            revs[-1] = rev
             if stop(line):
                 break
             if not line_ok(line):
@@ -653,14 +697,21 @@ class GitStore:
         if chunk:
             yield from flush()
 
-    def recent(self, limit: int = 50, type: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+    def recent(
+        self, limit: int = 50, type: str | None = None, status: str | None = None
+    ) -> list[dict[str, Any]]:
         """The newest ``limit`` runs (by run id), optionally of one type and/or status."""
         if limit <= 0:
             return []
         return list(
             self._select(
-                lambda ln: (type is None or ln.type == type) and (status is None or ln.status == status),
-                lambda r: (type is None or r["type"] == type) and (status is None or r["status"] == status),
+                lambda ln: (
+                    (type is None or ln.type == type) and (status is None or ln.status == status)
+                ),
+                lambda r: (
+                    (type is None or r["type"] == type)
+                    and (status is None or r["status"] == status)
+                ),
                 limit,
             )
         )
@@ -690,7 +741,9 @@ class GitStore:
             )
         )
 
-    def iter_runs(self, since: datetime | None = None, type: str | None = None) -> Iterator[dict[str, Any]]:
+    def iter_runs(
+        self, since: datetime | None = None, type: str | None = None
+    ) -> Iterator[dict[str, Any]]:
         """Every run (optionally started at/after ``since``, of one type), newest first."""
         floor = ""
         if since is not None:
