@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 from ._taxonomy import validate_run_type
 from ._tracking import RunScope
@@ -64,11 +65,11 @@ def run_tracked(
                     scope = rules.start_view_run()
                     with scope.activated():
                         try:
-                            rv = await fn(*args, **kwargs)
+                            response = make_response(await fn(*args, **kwargs))
                         except BaseException as exc:
                             scope.finish(exc)
                             raise
-                    return rules.finish_view_run(scope, rv)
+                    return rules.finish_view_run(scope, response)
                 scope = rules.start_run()
                 with scope.activated():
                     try:
@@ -88,11 +89,11 @@ def run_tracked(
                 scope = rules.start_view_run()
                 with scope.activated():
                     try:
-                        rv = fn(*args, **kwargs)
+                        response = make_response(fn(*args, **kwargs))
                     except BaseException as exc:
                         scope.finish(exc)
                         raise
-                return rules.finish_view_run(scope, rv)
+                return rules.finish_view_run(scope, response)
             scope = rules.start_run()
             with scope.activated():
                 try:
@@ -143,7 +144,7 @@ class _Rules:
         return None
 
     def start_run(self) -> RunScope:
-        return RunScope(self._root(), self.run_type, self.subtype, self.summary)
+        return RunScope(self._root(), self.run_type, self.subtype, self.summary, validated=True)
 
     def start_view_run(self) -> RunScope:
         from flask import after_this_request
@@ -179,15 +180,9 @@ class _Rules:
                 scope.handle.add_event("otel_runs.summary_error", error=repr(exc))
         scope.finish(None, status or "ok", summary)
 
-    def finish_view_run(self, scope: RunScope, rv: Any) -> Any:
-        from flask import current_app
-
-        try:
-            with scope.activated():
-                response = current_app.make_response(rv)
-        except BaseException as exc:  # an invalid return value: Flask would raise too
-            scope.finish(exc)
-            raise
+    def finish_view_run(self, scope: RunScope, response: Any) -> Any:
+        """Derive the run's outcome from the view's response, add ``run_id``, end
+        the run (or hand it to the stream)."""
         http_failed = response.status_code >= 400
         if response.is_streamed:
             response.response = _RunStream(scope, response.response, http_failed)
@@ -204,26 +199,37 @@ class _Rules:
                     body_status = None
                 status = status or body_status
                 if "run_id" not in body:
-                    response.set_data(_with_run_id(response.get_data(), body, scope.handle.run_id))
+                    response.set_data(_with_run_id(response.get_data(), scope.handle.run_id))
         scope.finish(None, status or "ok", summary)
         return response
 
 
-def _with_run_id(raw: bytes, body: dict[str, Any], run_id: str) -> bytes:
-    """``raw`` (a JSON object) with ``"run_id"`` added and nothing else changed:
-    re-serialised the app's way when that reproduces ``raw`` exactly, else
-    spliced in after the opening brace."""
+def make_response(rv: Any) -> Any:
+    """The Response Flask would build from a view's return value (any form)."""
     from flask import current_app
 
-    provider = current_app.json
-    if provider.response(body).get_data() == raw:
-        return provider.response({**body, "run_id": run_id}).get_data()
-    text = raw.decode("utf-8")
-    brace = text.index("{")
-    rest = text[brace + 1:]
-    member = f'"run_id":{json.dumps(run_id)}'
-    sep = "" if rest.lstrip().startswith("}") else ","
-    return (text[: brace + 1] + member + sep + rest).encode("utf-8")
+    return current_app.make_response(rv)
+
+
+def _with_run_id(raw: bytes, run_id: str) -> bytes:
+    """``raw`` (a JSON object) with a ``"run_id"`` member appended before the
+    closing brace; every other byte is unchanged (pretty-printed bodies keep
+    their indentation)."""
+    end = raw.rindex(b"}")
+    head = raw[:end]
+    stripped = head.rstrip()
+    tail = head[len(stripped):] + raw[end:]
+    value = json.dumps(run_id).encode()
+    if stripped.endswith(b"{"):  # empty object
+        return stripped + b'"run_id":' + value + tail
+    if tail.startswith(b"\n"):  # pretty-printed: reuse the last member's indentation
+        line = stripped[stripped.rfind(b"\n") + 1:]
+        indent = line[: len(line) - len(line.lstrip())]
+        sep = b": " if b'": ' in raw else b":"
+        return stripped + b",\n" + indent + b'"run_id"' + sep + value + tail
+    sep = b": " if b'", "' in raw or b'": ' in raw else b":"
+    comma = b", " if sep == b": " else b","
+    return stripped + comma + b'"run_id"' + sep + value + tail
 
 
 class _RunStream:

@@ -11,7 +11,7 @@ __all__ = ["InvalidRunId", "new_run_id", "validate_run_id", "run_id_time"]
 #: ``20261127T101500123Z-3fa9c2d1e5``: UTC start time to the millisecond, then
 #: 40 random bits (lowercase hex). Sorting ids as strings sorts runs by start time.
 RUN_ID_PATTERN = r"\d{8}T\d{9}Z-[0-9a-f]{10}"
-_RUN_ID_RE = re.compile(rf"^{RUN_ID_PATTERN}$")
+_RUN_ID_RE = re.compile(RUN_ID_PATTERN)
 
 
 class InvalidRunId(ValueError):
@@ -31,7 +31,7 @@ def validate_run_id(run_id: object) -> str:
     Use this wherever an id comes in from outside (URL, CLI, ledger file): a valid
     id cannot traverse paths or inject into git refs.
     """
-    if not isinstance(run_id, str) or not _RUN_ID_RE.match(run_id):
+    if not isinstance(run_id, str) or not _RUN_ID_RE.fullmatch(run_id):
         shown = run_id if isinstance(run_id, str) and len(run_id) <= 80 else repr(run_id)[:80]
         raise InvalidRunId(
             f"malformed run id {shown!r}: expected e.g. '20261127T101500123Z-3fa9c2d1e5'"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import format_span_id, format_trace_id
@@ -23,12 +24,18 @@ RunStatus = Literal["running", "ok", "failed", "cancelled", "interrupted"]
 STATUSES: tuple[str, ...] = ("running", "ok", "failed", "cancelled", "interrupted")
 
 
+_second_cache: tuple[int, str] = (-1, "")
+
+
 def iso_from_ns(ns: int) -> str:
     """ISO-8601 UTC with microseconds and a ``Z`` (``2026-11-27T10:15:00.123456Z``)."""
-    dt = datetime.fromtimestamp(ns // 1_000_000_000, tz=timezone.utc).replace(
-        microsecond=(ns % 1_000_000_000) // 1000
-    )
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    global _second_cache
+    sec, rem = divmod(ns, 1_000_000_000)
+    cached_sec, prefix = _second_cache
+    if cached_sec != sec:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        _second_cache = (sec, prefix)
+    return f"{prefix}.{rem // 1000:06d}Z"
 
 
 def _jsonable_attrs(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -90,10 +97,13 @@ class Run:
         run_type = attrs.get(A.RUN_TYPE)
         if not isinstance(run_id, str) or not isinstance(run_type, str):
             raise ValueError(f"span {span.name!r} is not a run span (no {A.RUN_TYPE} attribute)")
-        try:
-            metadata = json.loads(str(attrs.get(A.RUN_METADATA, "{}")))
-        except ValueError:
-            metadata = {"_unparsed": str(attrs.get(A.RUN_METADATA))}
+        raw_meta = attrs.get(A.RUN_METADATA)
+        metadata: Any = {}
+        if raw_meta is not None and raw_meta != "{}":
+            try:
+                metadata = json.loads(str(raw_meta))
+            except ValueError:
+                metadata = {"_unparsed": str(raw_meta)}
         ctx = span.context
         start = span.start_time or 0
         end = span.end_time
@@ -121,7 +131,7 @@ class Run:
                     "attributes": _jsonable_attrs(ev.attributes),
                 }
                 for ev in span.events
-            ],
+            ] if span.events else [],
         )
 
 

@@ -100,4 +100,6 @@ def clean_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
 
 def metadata_json(metadata: dict[str, Any]) -> str:
     """The cleaned metadata as compact JSON (what goes on the span)."""
+    if not metadata:
+        return "{}"
     return json.dumps(clean_metadata(metadata), separators=(",", ":"), ensure_ascii=False)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -41,6 +42,11 @@ _lock = threading.RLock()
 
 
 def _resolve(root: str | os.PathLike[str]) -> str:
+    return _resolve_cached(os.fspath(root))
+
+
+@functools.lru_cache(maxsize=256)
+def _resolve_cached(root: str) -> str:
     return str(Path(root).expanduser().resolve())
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Mapping
 
 __all__ = ["RUN_TYPES", "RunTypeError", "register_run_type", "validate_run_type"]
 
@@ -37,8 +37,8 @@ _types: dict[str, str] = dict(_SEED_TYPES)
 #: :func:`register_run_type`).
 RUN_TYPES: Mapping[str, str] = MappingProxyType(_types)
 
-_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
-_DETAIL_RE = re.compile(r"^[a-z0-9_]+$")
+_TYPE_RE = re.compile(r"[a-z][a-z0-9_]*")
+_DETAIL_RE = re.compile(r"[a-z0-9_]+")
 
 
 class RunTypeError(ValueError):
@@ -47,7 +47,7 @@ class RunTypeError(ValueError):
 
 def register_run_type(name: str, description: str) -> None:
     """Add a run type to :data:`RUN_TYPES` (idempotent for the same description)."""
-    if not isinstance(name, str) or not _TYPE_RE.match(name):
+    if not isinstance(name, str) or not _TYPE_RE.fullmatch(name):
         raise RunTypeError(
             f"invalid run type name {name!r}: use lowercase letters, digits and '_', "
             "starting with a letter"
@@ -73,7 +73,7 @@ def validate_run_type(run_type: str, subtype: str) -> None:
     if not isinstance(subtype, str):
         raise RunTypeError(f"run subtype must be a string, got {subtype!r}")
     prefix, sep, detail = subtype.partition(":")
-    if not sep or prefix != run_type or not _DETAIL_RE.match(detail):
+    if not sep or prefix != run_type or not _DETAIL_RE.fullmatch(detail):
         raise RunTypeError(
             f"invalid run subtype {subtype!r} for type {run_type!r}: expected "
             f"'{run_type}:<detail>' with detail of lowercase letters, digits and '_' "

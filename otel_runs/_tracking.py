@@ -6,10 +6,11 @@ import asyncio
 import contextvars
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Iterator
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -75,7 +76,7 @@ class RunHandle:
         self._summary = clean_summary(value)
         self._summary_set = True
 
-    def add_event(self, name: str, **attributes: Any) -> None:
+    def add_event(self, name: str, /, **attributes: Any) -> None:
         """Record a timestamped event on the run (secret attributes redacted)."""
         cleaned = clean_metadata(attributes)
         self.span.add_event(str(name), {k: _attr_value(v) for k, v in cleaned.items()})
@@ -111,23 +112,25 @@ class RunScope:
     """A started run span and its context; ended exactly once by :meth:`finish`."""
 
     def __init__(self, project_root: str | os.PathLike[str] | None, run_type: str, subtype: str,
-                 summary: str = "", metadata: dict[str, Any] | None = None) -> None:
+                 summary: str = "", metadata: dict[str, Any] | None = None, *,
+                 validated: bool = False) -> None:
         from ._setup import project_root_for_run, run_tracer
 
-        validate_run_type(run_type, subtype)
+        if not validated:
+            validate_run_type(run_type, subtype)
         root = project_root_for_run(project_root)
         now_ns = time.time_ns()
         run_id = new_run_id(_dt_from_ns(now_ns))
         parent_ctx = otel_context.get_current()
         meta = dict(metadata or {})
-        attributes: dict[str, Any] = {
-            A.RUN_ID: run_id,
-            A.RUN_TYPE: run_type,
-            A.RUN_SUBTYPE: subtype,
-            A.RUN_STATUS: "running",
-            A.RUN_SUMMARY: clean_summary(summary),
-            A.RUN_METADATA: metadata_json(meta),
-        }
+        self._initial_metadata = metadata_json(meta)
+        # Only what is known and non-empty: every span attribute costs (status
+        # "running" is implied until the run ends).
+        attributes: dict[str, Any] = {A.RUN_ID: run_id, A.RUN_TYPE: run_type, A.RUN_SUBTYPE: subtype}
+        if summary:
+            attributes[A.RUN_SUMMARY] = clean_summary(summary)
+        if meta:
+            attributes[A.RUN_METADATA] = self._initial_metadata
         if root is not None:
             attributes[A.RUN_PROJECT_ROOT] = root
         parent = parent_run_id(parent_ctx)
@@ -169,9 +172,13 @@ class RunScope:
             if not h._summary_set and (status == "failed" or not summary):
                 summary = clean_summary(_exc_text(exc))
             span.record_exception(exc)
-        span.set_attribute(A.RUN_STATUS, status)
-        span.set_attribute(A.RUN_SUMMARY, summary)
-        span.set_attribute(A.RUN_METADATA, metadata_json(h.metadata))
+        final: dict[str, Any] = {A.RUN_STATUS: status}
+        if summary:
+            final[A.RUN_SUMMARY] = summary
+        meta = metadata_json(h.metadata) if h.metadata else "{}"
+        if meta != self._initial_metadata:
+            final[A.RUN_METADATA] = meta
+        span.set_attributes(final)
         if status == "failed":
             span.set_status(Status(StatusCode.ERROR, summary or "failed"))
         elif status == "ok":
@@ -216,7 +223,8 @@ class tracked_run:  # noqa: N801 - used like a function: ``with tracked_run(...)
 
     def __enter__(self) -> RunHandle:
         project_root, run_type, subtype, summary, metadata = self._args
-        self._scope = scope = RunScope(project_root, run_type, subtype, summary, metadata)
+        self._scope = scope = RunScope(project_root, run_type, subtype, summary, metadata,
+                                       validated=True)
         token = otel_context.attach(scope.context)
         self._tokens.append((token, _current.set(scope.handle)))
         return scope.handle

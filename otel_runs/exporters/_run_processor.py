@@ -22,13 +22,29 @@ def is_run_span(span: ReadableSpan) -> bool:
     return bool(span.attributes) and A.RUN_TYPE in span.attributes  # type: ignore[operator]
 
 
+def run_of(span: ReadableSpan) -> Run:
+    """``Run.from_span(span)``, built once per span state and shared by every
+    processor (so hooks must treat the Run as read-only)."""
+    key = span.end_time
+    cached = getattr(span, "_otel_runs_run", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]  # type: ignore[no-any-return]
+    run = Run.from_span(span)
+    try:
+        span._otel_runs_run = (key, run)  # type: ignore[attr-defined]
+    except AttributeError:  # a span type with __slots__: just don't cache
+        pass
+    return run
+
+
 class RunProcessor(SpanProcessor):
     """A ``SpanProcessor`` that sees only runs, sampled or not.
 
     Override :meth:`on_run_start`, :meth:`on_run_end` and, to receive the spans
     opened inside a run, :meth:`on_run_span_end`. :meth:`accepts` filters runs
-    (e.g. by project). An exception in a hook is logged (rate-limited) and never
-    reaches the tracked action.
+    (e.g. by project). The ``Run`` a hook receives is shared with the other
+    processors: treat it as read-only. An exception in a hook is logged
+    (rate-limited) and never reaches the tracked action.
     """
 
     def accepts(self, span: ReadableSpan) -> bool:
@@ -71,7 +87,7 @@ class RunProcessor(SpanProcessor):
 
     def _call(self, hook: object, name: str, span: ReadableSpan) -> None:
         try:
-            hook(Run.from_span(span))  # type: ignore[operator]
+            hook(run_of(span))  # type: ignore[operator]
         except Exception:
             _errors.exception(
                 f"{type(self).__name__}.{name}", "%s.%s failed", type(self).__name__, name

@@ -1,0 +1,111 @@
+"""The Run record: ids, dict round trip, building from a span, redaction."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+import pytest
+
+from otel_runs import InvalidRunId, Run, new_run_id, tracked_run, validate_run_id
+from otel_runs._ids import run_id_time
+
+
+def test_run_ids_are_unique_sortable_url_safe_and_short() -> None:
+    ids = [new_run_id() for _ in range(5000)]
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"[0-9A-Za-z_-]+", i) for i in ids)
+    assert all(len(i) <= 30 for i in ids)
+    early = new_run_id(datetime(2026, 1, 1, tzinfo=timezone.utc))
+    late = new_run_id(datetime(2026, 1, 1, 0, 0, 0, 1000, tzinfo=timezone.utc))
+    assert early < late < ids[0]
+    assert run_id_time(late) == datetime(2026, 1, 1, 0, 0, 0, 1000, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("bad", [
+    "", "../../etc/passwd", "20261127T101500123Z-3fa9c2d1e5/../x", "refs/heads/main",
+    "20261127T101500123Z-3FA9C2D1E5", "20261127T101500123Z-3fa9c2d1e5\n", None, 42,
+    "20261127T101500123Z-3fa9c2d1e5.lock", "x" * 5000,
+])
+def test_validate_run_id_rejects_anything_else(bad: object) -> None:
+    with pytest.raises(InvalidRunId) as err:
+        validate_run_id(bad)
+    assert isinstance(err.value, ValueError)
+    assert len(str(err.value)) < 300
+
+
+def test_to_dict_from_dict_round_trip_exactly() -> None:
+    run = Run(
+        run_id=new_run_id(), type="deploy", subtype="deploy:k8s", status="failed",
+        summary="nope", started_at="2026-11-27T10:15:00.123456Z",
+        ended_at="2026-11-27T10:15:01.000000Z", duration_ms=876.544,
+        metadata={"ns": "prod", "n": [1, 2, {"a": None}]}, trace_id="a" * 32,
+        span_id="b" * 16, parent_run_id=None, service="svc",
+        events=[{"name": "e", "timestamp": "2026-11-27T10:15:00.5Z", "attributes": {"k": 1}}],
+    )
+    data = run.to_dict()
+    assert set(data) == {
+        "run_id", "type", "subtype", "status", "summary", "started_at", "ended_at",
+        "duration_ms", "metadata", "trace_id", "span_id", "parent_run_id", "service", "events",
+    }
+    assert Run.from_dict(data) == run
+    assert Run.from_dict(data).to_dict() == data
+
+
+def test_from_dict_rejects_bad_data_and_ignores_unknown_fields(caplog: pytest.LogCaptureFixture) -> None:
+    good = Run(run_id=new_run_id(), type="git", subtype="git:push").to_dict()
+    assert Run.from_dict({**good, "future_field": 1}).run_id == good["run_id"]
+    assert "future_field" in caplog.text
+    with pytest.raises(ValueError):
+        Run.from_dict({**good, "status": "exploded"})
+    with pytest.raises(ValueError):
+        Run.from_dict({"type": "git"})
+    with pytest.raises(ValueError):
+        Run.from_dict([1, 2])  # type: ignore[arg-type]
+
+
+def test_from_span_fills_every_field(collector) -> None:  # noqa: ANN001
+    with tracked_run(None, "deploy", "deploy:k8s", summary="Apply", ns="prod") as run:
+        run.add_event("applied", objects=3)
+    got = collector.by_id(run.run_id)
+    assert got.type == "deploy" and got.subtype == "deploy:k8s"
+    assert got.status == "ok" and got.summary == "Apply"
+    assert got.metadata == {"ns": "prod"}
+    assert re.fullmatch(r"[0-9a-f]{32}", got.trace_id)
+    assert re.fullmatch(r"[0-9a-f]{16}", got.span_id)
+    assert got.started_at.endswith("Z") and got.ended_at and got.ended_at >= got.started_at
+    assert got.duration_ms is not None and got.duration_ms >= 0
+    assert got.parent_run_id is None
+    assert got.service
+    assert [e["name"] for e in got.events] == ["applied"]
+    assert got.events[0]["attributes"] == {"objects": 3}
+    # the run id's timestamp is the span's start, to the millisecond
+    assert run_id_time(got.run_id).strftime("%Y-%m-%dT%H:%M:%S.%f")[:23] == got.started_at[:23]
+    assert Run.from_dict(got.to_dict()) == got
+
+
+def test_secrets_never_reach_the_span_and_big_values_are_truncated(collector) -> None:  # noqa: ANN001
+    class Opaque:
+        def __repr__(self) -> str:
+            return "<Opaque>"
+
+    with tracked_run(None, "setup", "setup:vault", vault_passphrase="hunter2",
+                     nested={"GitHub-Token": "ghp_x", "ok": 1}, obj=Opaque()) as run:
+        run.metadata["api_key"] = "k"
+        run.metadata["log"] = "x" * 10_000
+        run.add_event("unlocked", password="p", user="me")
+        run.summary = "s" * 5000
+    got = collector.by_id(run.run_id)
+    raw = str(got.to_dict())
+    for secret in ("hunter2", "ghp_x", "'k'", "'p'"):
+        assert secret not in raw
+    assert got.metadata["vault_passphrase"] == "***"
+    assert got.metadata["nested"] == {"GitHub-Token": "***", "ok": 1}
+    assert got.metadata["api_key"] == "***"
+    assert got.metadata["obj"] == "<Opaque>"
+    assert got.metadata["log"].endswith("[truncated 5904 chars]")
+    assert got.events[0]["attributes"] == {"password": "***", "user": "me"}
+    assert len(got.summary) < 1100 and "truncated" in got.summary
+    # and not on the raw span attributes either
+    for _, span in collector.child_spans:
+        assert "hunter2" not in str(span.attributes)

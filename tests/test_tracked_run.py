@@ -1,0 +1,203 @@
+"""``tracked_run``: the context manager, its statuses, nesting, async, child spans."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.trace import StatusCode
+
+import otel_runs
+from otel_runs import current_run, tracked_run
+
+
+def test_run_id_is_available_at_once_and_run_is_started_then_ended(collector) -> None:  # noqa: ANN001
+    with tracked_run(None, "deploy", "deploy:k8s") as run:
+        assert otel_runs.validate_run_id(run.run_id)
+        assert [r.run_id for r in collector.started] == [run.run_id]
+        assert collector.started[0].status == "running"
+        assert collector.ended == []
+        assert current_run() is run
+    assert current_run() is None
+    assert collector.by_id(run.run_id).status == "ok"
+
+
+def test_body_sets_status_summary_metadata_events(collector) -> None:  # noqa: ANN001
+    with tracked_run(None, "deploy", "deploy:k8s", summary="Apply", namespace="a") as run:
+        run.status = "failed"
+        run.summary = "2 of 3 applied"
+        run.metadata["applied"] = 2
+        run.add_event("step", name="apply", n=1)
+    got = collector.by_id(run.run_id)
+    assert (got.status, got.summary) == ("failed", "2 of 3 applied")
+    assert got.metadata == {"namespace": "a", "applied": 2}
+    assert got.events[0]["name"] == "step"
+    with pytest.raises(ValueError, match="interrupted"):
+        run.status = "interrupted"  # only the ledger's crash recovery sets it
+    with pytest.raises(ValueError):
+        run.status = "running"
+
+
+def test_exception_fails_the_run_and_is_reraised_unchanged(collector) -> None:  # noqa: ANN001
+    boom = RuntimeError("kubectl: connection refused")
+    with pytest.raises(RuntimeError) as err:
+        with tracked_run(None, "deploy", "deploy:k8s") as run:
+            run.status = "ok"
+            raise boom
+    assert err.value is boom
+    got = collector.by_id(run.run_id)
+    assert got.status == "failed"
+    assert got.summary == "kubectl: connection refused"
+    assert any(e["name"] == "exception" for e in got.events)
+
+
+def test_exception_keeps_a_summary_the_body_set(collector) -> None:  # noqa: ANN001
+    with pytest.raises(KeyError):
+        with tracked_run(None, "deploy", "deploy:k8s", summary="default") as run:
+            run.summary = "applied 2 of 3"
+            raise KeyError("x")
+    assert collector.by_id(run.run_id).summary == "applied 2 of 3"
+
+
+@pytest.mark.parametrize(("exc", "status"), [
+    (KeyboardInterrupt(), "cancelled"),
+    (SystemExit(0), "ok"),
+    (SystemExit(None), "ok"),
+    (SystemExit(2), "failed"),
+    (SystemExit("fatal"), "failed"),
+    (GeneratorExit(), "cancelled"),
+    (asyncio.CancelledError(), "cancelled"),
+])
+def test_base_exceptions_are_classified_and_reraised(collector, exc: BaseException, status: str) -> None:  # noqa: ANN001
+    with pytest.raises(type(exc)) as err:
+        with tracked_run(None, "test", "test:run") as run:
+            raise exc
+    assert err.value is exc
+    assert collector.by_id(run.run_id).status == status
+
+
+def test_span_status_and_exception_recorded_on_the_span(collector) -> None:  # noqa: ANN001
+    with pytest.raises(ValueError):
+        with tracked_run(None, "test", "test:run") as run:
+            raise ValueError("bad")
+    spans = [s for s in _finished_run_spans(collector) if s.attributes["run.id"] == run.run_id]
+    assert spans[0].status.status_code is StatusCode.ERROR
+    assert spans[0].name == "test:run"
+
+
+def _finished_run_spans(collector):  # noqa: ANN001, ANN202
+    return collector.run_spans
+
+
+@pytest.fixture
+def collector(collector):  # noqa: ANN001, ANN201
+    """The conftest collector, also keeping the raw run spans."""
+    collector.run_spans = []
+    original = collector.on_end
+
+    def on_end(span):  # noqa: ANN001, ANN202
+        if span.attributes and "run.type" in span.attributes:
+            collector.run_spans.append(span)
+        return original(span)
+
+    collector.on_end = on_end
+    return collector
+
+
+def test_nested_runs_get_parent_run_id_and_one_trace(collector) -> None:  # noqa: ANN001
+    with tracked_run(None, "deploy", "deploy:k8s") as outer:
+        with tracked_run(None, "plan", "plan:helm_template") as inner:
+            pass
+        with tracked_run(None, "deploy", "deploy:helm_upgrade") as sibling:
+            pass
+    o, i, s = (collector.by_id(r.run_id) for r in (outer, inner, sibling))
+    assert o.parent_run_id is None
+    assert i.parent_run_id == o.run_id and s.parent_run_id == o.run_id
+    assert o.trace_id == i.trace_id == s.trace_id
+
+
+def test_spans_opened_inside_a_run_carry_its_id(collector) -> None:  # noqa: ANN001
+    tracer = trace.get_tracer("some.instrumentation")
+    with tracked_run(None, "build", "build:docker") as run:
+        with tracer.start_as_current_span("docker build"):
+            with tracer.start_as_current_span("layer"):
+                pass
+    with tracer.start_as_current_span("outside"):
+        pass
+    children = [(rid, s.name) for rid, s in collector.child_spans]
+    assert (run.run_id, "docker build") in children
+    assert (run.run_id, "layer") in children
+    assert all(name != "outside" for _, name in children)
+
+
+def test_async_with(collector) -> None:  # noqa: ANN001
+    async def main() -> str:
+        async with tracked_run(None, "test", "test:run", summary="async") as run:
+            await asyncio.sleep(0)
+            async with tracked_run(None, "test", "test:coverage") as inner:
+                await asyncio.sleep(0)
+            assert collector.by_id(inner.run_id).parent_run_id == run.run_id
+        return run.run_id
+
+    run_id = asyncio.run(main())
+    assert collector.by_id(run_id).status == "ok"
+
+
+def test_async_task_cancellation_is_cancelled(collector) -> None:  # noqa: ANN001
+    started = []
+
+    async def work() -> None:
+        async with tracked_run(None, "test", "test:run") as run:
+            started.append(run.run_id)
+            await asyncio.sleep(60)
+
+    async def main() -> None:
+        task = asyncio.create_task(work())
+        while not started:
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert collector.by_id(started[0]).status == "cancelled"
+
+
+def test_concurrent_async_runs_do_not_mix_contexts(collector) -> None:  # noqa: ANN001
+    async def one(i: int) -> tuple[str, str | None]:
+        async with tracked_run(None, "test", "test:run", i=i) as run:
+            await asyncio.sleep(0.001 * (i % 3))
+            async with tracked_run(None, "test", "test:coverage") as inner:
+                await asyncio.sleep(0)
+            return run.run_id, collector.by_id(inner.run_id).parent_run_id
+
+    async def main() -> list[tuple[str, str | None]]:
+        return await asyncio.gather(*(one(i) for i in range(20)))
+
+    for outer_id, parent in asyncio.run(main()):
+        assert parent == outer_id
+
+
+def test_inside_a_flask_request_the_run_is_a_child_of_the_request_span(collector, tmp_path) -> None:  # noqa: ANN001
+    from flask import Flask
+
+    from otel_runs.flask import RunTracking
+
+    app = Flask(__name__)
+    app.config["PROJECT_ROOT"] = str(tmp_path)
+    RunTracking(app, ledger=False)
+    seen = {}
+
+    @app.post("/do")
+    def do() -> str:
+        seen["request_span"] = trace.get_current_span().get_span_context()
+        with tracked_run(None, "deploy", "deploy:k8s") as run:
+            seen["run_id"] = run.run_id
+        return "ok"
+
+    assert app.test_client().post("/do").status_code == 200
+    span = next(s for s in collector.run_spans if s.attributes["run.id"] == seen["run_id"])
+    assert span.parent is not None
+    assert span.parent.span_id == seen["request_span"].span_id
+    assert span.context.trace_id == seen["request_span"].trace_id
