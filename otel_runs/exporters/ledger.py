@@ -1,0 +1,181 @@
+"""Persist finished runs to the project's git ledger.
+
+``LedgerSpanExporter`` is a plain OTel ``SpanExporter``: run spans become Runs,
+spans opened inside a run are kept until their run ends and stored with it.
+``configure()`` wires it through :func:`ledger_processor_for`, a run processor
+that sees sampled and unsampled runs alike and hands each finished run to the
+exporter synchronously, so the run is in the journal before the tracked block
+returns (no queue, nothing dropped when busy).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from .._attributes import RUN_ID, RUN_PROJECT_ROOT, RUN_TYPE
+from .._model import Run, span_to_dict
+from .._ratelimit import RateLimitedLog
+from ..ledger import Ledger, LedgerError, ledger_for
+from ._run_processor import RunProcessor
+
+__all__ = ["LedgerRunProcessor", "LedgerSpanExporter", "ledger_processor_for"]
+
+logger = logging.getLogger("otel_runs.exporters")
+_errors = RateLimitedLog(logger)
+
+#: Most child spans stored with one run; further ones are counted and logged.
+MAX_CHILD_SPANS = 2_000
+
+
+class LedgerSpanExporter(SpanExporter):
+    """Writes finished run spans to a :class:`~otel_runs.ledger.Ledger`, each with
+    the spans that ended inside it. Every span passed in is used, sampled or not.
+
+    ``ledger`` is a Ledger or a project root (its shared :func:`ledger_for`).
+    """
+
+    def __init__(self, ledger: Ledger | str | os.PathLike[str]) -> None:
+        self.ledger = ledger if isinstance(ledger, Ledger) else ledger_for(ledger)
+        self._children: dict[str, list[dict[str, Any]]] = {}
+        self._dropped: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._shut_down = False
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Store run spans (with their children); keep other run-tagged spans
+        until their run ends. FAILURE only if a run could not be recorded."""
+        result = SpanExportResult.SUCCESS
+        for span in spans:
+            attrs = span.attributes or {}
+            run_id = attrs.get(RUN_ID)
+            if not isinstance(run_id, str):
+                continue
+            if RUN_TYPE in attrs:
+                try:
+                    self.record_run_span(span)
+                except Exception:
+                    _errors.exception("export", "otel-runs: could not record run %s", run_id)
+                    result = SpanExportResult.FAILURE
+            else:
+                self.add_child_span(run_id, span)
+        return result
+
+    def add_child_span(self, run_id: str, span: ReadableSpan) -> None:
+        """Keep ``span`` (ended inside run ``run_id``) until the run is recorded."""
+        record = span_to_dict(span)
+        with self._lock:
+            children = self._children.setdefault(run_id, [])
+            if len(children) < MAX_CHILD_SPANS:
+                children.append(record)
+            else:
+                self._dropped[run_id] = self._dropped.get(run_id, 0) + 1
+
+    def _take_children(self, run_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            children = self._children.pop(run_id, [])
+            dropped = self._dropped.pop(run_id, 0)
+        if dropped:
+            logger.warning("otel-runs: run %s had %d more child spans than the %d stored",
+                           run_id, dropped, MAX_CHILD_SPANS)
+        return children
+
+    def record_run_span(self, span: ReadableSpan) -> None:
+        """Record the finished run span with the child spans kept for it (durable
+        when this returns; the Run itself is built off the caller's time)."""
+        run_id = str((span.attributes or {})[RUN_ID])
+        self.ledger.record_span(span, self._take_children(run_id))
+
+    def record_run(self, run: Run) -> None:
+        """Record a finished :class:`~otel_runs.Run` with the child spans kept for it."""
+        self.ledger.record(run, self._take_children(run.run_id))
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Commit everything recorded so far to git."""
+        return self.ledger.flush(timeout_millis / 1000)
+
+    def shutdown(self) -> None:
+        """Commit what is pending and release the ledger's git processes."""
+        if self._shut_down:
+            return
+        self._shut_down = True
+        self.ledger.close()
+
+
+class LedgerRunProcessor(RunProcessor):
+    """Feeds one project's runs (and the spans inside them) to a
+    :class:`LedgerSpanExporter`, synchronously, unsampled ones included: a run is
+    in the journal before its ``tracked_run`` block returns."""
+
+    def __init__(self, project_root: str, exporter: LedgerSpanExporter) -> None:
+        self.project_root = project_root
+        self.exporter = exporter
+        self._open: set[str] = set()
+
+    def accepts(self, span: ReadableSpan) -> bool:
+        attrs = span.attributes or {}
+        if RUN_TYPE in attrs:
+            return attrs.get(RUN_PROJECT_ROOT) == self.project_root
+        return attrs.get(RUN_ID) in self._open
+
+    # The hooks below take the spans directly (not ``Run.from_span`` on the
+    # request path); like RunProcessor's, they never let an error through.
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        attrs = span.attributes or {}
+        if RUN_TYPE not in attrs or attrs.get(RUN_PROJECT_ROOT) != self.project_root:
+            return
+        try:
+            self._open.add(str(attrs[RUN_ID]))
+            self.exporter.ledger.record_span_started(span)
+        except Exception:
+            _errors.exception("on_start", "otel-runs: could not journal the start of run %s",
+                              attrs.get(RUN_ID))
+
+    def on_end(self, span: ReadableSpan) -> None:
+        attrs = span.attributes or {}
+        run_id = attrs.get(RUN_ID)
+        if not isinstance(run_id, str):
+            return
+        try:
+            if RUN_TYPE in attrs:
+                if attrs.get(RUN_PROJECT_ROOT) == self.project_root:
+                    self._open.discard(run_id)
+                    self.exporter.record_run_span(span)
+            elif run_id in self._open:
+                self.exporter.add_child_span(run_id, span)
+        except Exception:
+            _errors.exception("on_end", "otel-runs: could not record run %s in the ledger",
+                              run_id)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+
+def ledger_processor_for(resolved_root: str, *, durability: str) -> SpanProcessor | None:
+    """The processor that records ``resolved_root``'s runs in its git ledger.
+
+    When the root is not inside a git repository (or the ledger cannot be
+    opened), logs one error naming the path and the fix and returns None: tracked
+    code keeps working and other processors still get the runs.
+    """
+    try:
+        ledger = ledger_for(resolved_root, durability=durability)
+    except LedgerError as exc:
+        logger.error("otel-runs: the git ledger is off for %s: %s", resolved_root, exc)
+        return None
+    except OSError as exc:
+        logger.error("otel-runs: the git ledger is off for %s: %s (check that git is "
+                     "installed and the repository is writable)", resolved_root, exc)
+        return None
+    return LedgerRunProcessor(resolved_root, LedgerSpanExporter(ledger))

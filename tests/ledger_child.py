@@ -1,0 +1,125 @@
+"""Child process for the ledger tests: records runs through the public API.
+
+Usage: ``python ledger_child.py MODE ROOT [ARGS...]``. Prints one line per event
+(``started <id>``, ``done <id>``, ``inflight <id>``) and flushes stdout at once,
+so the parent knows exactly which blocks had exited when it kills the child.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import otel_runs  # noqa: E402
+
+
+def say(*parts: object) -> None:
+    sys.stdout.write(" ".join(str(p) for p in parts) + "\n")
+    sys.stdout.flush()
+
+
+def hold_forever(root: str) -> None:
+    with otel_runs.tracked_run(root, "deploy", "deploy:k8s", summary="long deploy") as run:
+        say("inflight", run.run_id)
+        time.sleep(3600)
+
+
+def loop(root: str, limit: int) -> None:
+    """Record runs until killed (bounded: ``limit`` runs), plus one run that
+    never ends, in another thread."""
+    otel_runs.configure(root)
+    threading.Thread(target=hold_forever, args=(root,), daemon=True).start()
+    for i in range(limit):
+        with otel_runs.tracked_run(root, "build", "build:docker", summary=f"build {i}",
+                                   n=i) as run:
+            say("started", run.run_id)
+        say("done", run.run_id)
+    time.sleep(3600)
+
+
+def hold(root: str) -> None:
+    """Start a run, wait for a line on stdin, finish it ok and exit normally."""
+    otel_runs.configure(root)
+    with otel_runs.tracked_run(root, "deploy", "deploy:k8s", summary="held") as run:
+        say("inflight", run.run_id)
+        sys.stdin.readline()
+    say("done", run.run_id)
+
+
+def threads(root: str, n_threads: int, per_thread: int) -> None:
+    """``n_threads`` threads each record ``per_thread`` runs; then exit normally."""
+    otel_runs.configure(root)
+
+    def work(t: int) -> None:
+        for i in range(per_thread):
+            with otel_runs.tracked_run(root, "test", "test:unit", summary=f"p{os.getpid()} t{t} {i}"):
+                pass
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(n_threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    say("finished", os.getpid())
+
+
+def unsampled(root: str) -> None:
+    """configure() with a sampler that drops everything: the run is still recorded."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    otel_runs.configure(root, sampler=ALWAYS_OFF)
+    with otel_runs.tracked_run(root, "deploy", "deploy:k8s", summary="dropped trace") as run:
+        with trace.get_tracer("child").start_as_current_span("inner"):
+            pass
+    sampled = run.span.get_span_context().trace_flags.sampled
+    otel_runs.flush()
+    say("done", run.run_id, "sampled" if sampled else "unsampled")
+
+
+def fork(root: str, per_child: int, kill_child: str) -> None:
+    """configure(), record one run, fork; the child records runs (and then exits
+    normally, or SIGKILLs itself when ``kill_child`` is ``kill``); the parent
+    records runs too, then waits and flushes."""
+    import signal
+
+    otel_runs.configure(root)
+    with otel_runs.tracked_run(root, "deploy", "deploy:k8s", summary="before fork") as run:
+        pass
+    say("done", run.run_id)
+    pid = os.fork()
+    if pid == 0:
+        for i in range(per_child):
+            with otel_runs.tracked_run(root, "build", "build:docker", summary=f"child {i}") as run:
+                pass
+            say("done", run.run_id)
+        if kill_child == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        sys.exit(0)  # normal exit: atexit flushes the ledger
+    for i in range(per_child):
+        with otel_runs.tracked_run(root, "build", "build:docker", summary=f"parent {i}") as run:
+            pass
+        say("done", run.run_id)
+    os.waitpid(pid, 0)
+    otel_runs.flush()
+    say("finished", os.getpid())
+
+
+if __name__ == "__main__":
+    mode, root_dir, *args = sys.argv[1:]
+    if mode == "loop":
+        loop(root_dir, int(args[0]) if args else 100_000)
+    elif mode == "hold":
+        hold(root_dir)
+    elif mode == "threads":
+        threads(root_dir, int(args[0]), int(args[1]))
+    elif mode == "unsampled":
+        unsampled(root_dir)
+    elif mode == "fork":
+        fork(root_dir, int(args[0]), args[1] if len(args) > 1 else "exit")
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
