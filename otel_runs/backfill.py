@@ -1,0 +1,278 @@
+"""Replay runs from the ledger to an OTLP endpoint, with their original ids and times.
+
+A freshly started Jaeger or Tempo then shows the history. Each run becomes its run
+span (trace id, span id, start/end, ``run.*`` attributes, events, status) and each
+child span stored with it is sent as it was recorded (trace id, span id, parent span
+id, kind, timestamps to the nanosecond, attributes, events, status). Re-running sends
+the very same spans again: backends key spans by (trace id, span id).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from . import _attributes as A  # noqa: N812 - as in the core
+from . import _settings
+from ._model import Run
+from ._redact import metadata_json
+from .exporters.otlp import capture_export_logs, exporter_endpoint, otlp_exporter, otlp_requested
+
+__all__ = ["BackfillError", "NoEndpointConfiguredError", "export_otlp_command", "export_runs_to_otlp"]
+
+#: Spans handed to the exporter per request.
+BATCH_SPANS = 512
+
+
+class BackfillError(RuntimeError):
+    """The replay could not be done; the message is one line saying why."""
+
+
+class NoEndpointConfiguredError(BackfillError):
+    """Neither an endpoint argument nor ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT``."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "no OTLP endpoint configured: set OTEL_EXPORTER_OTLP_ENDPOINT "
+            "(e.g. http://localhost:4318) or pass --endpoint")
+
+
+def _ns_from_iso(value: str) -> int:
+    dt = datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    seconds = int(dt.replace(microsecond=0).timestamp())
+    return seconds * 1_000_000_000 + dt.microsecond * 1000
+
+
+def _clean_attrs(attrs: dict[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in (attrs or {}).items():
+        if value is None:
+            continue
+        if isinstance(value, list):
+            value = tuple(value)
+        elif not isinstance(value, (str, bool, int, float)):
+            value = json.dumps(value, ensure_ascii=False, sort_keys=True)
+        out[str(key)] = value
+    return out
+
+
+def _context(trace_id: str, span_id: str) -> SpanContext:
+    return SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=False,
+                       trace_flags=TraceFlags(TraceFlags.SAMPLED))
+
+
+class _Resources:
+    def __init__(self) -> None:
+        self._by_service: dict[str, Resource] = {}
+
+    def get(self, service: str) -> Resource:
+        service = service or "unknown_service"
+        res = self._by_service.get(service)
+        if res is None:
+            res = self._by_service[service] = Resource({SERVICE_NAME: service})
+        return res
+
+
+_RUN_SCOPE = InstrumentationScope("otel_runs")
+_STATUS = {"ok": StatusCode.OK, "failed": StatusCode.ERROR}
+
+
+def run_span(run: Run, resource: Resource, project_root: str | None = None) -> ReadableSpan:
+    """The run span of a finished ledger run. Its own parent (e.g. the request span) is
+    not kept in the ledger, so it is sent without one."""
+    assert run.ended_at is not None
+    attrs: dict[str, Any] = {
+        A.RUN_ID: run.run_id, A.RUN_TYPE: run.type, A.RUN_SUBTYPE: run.subtype,
+        A.RUN_STATUS: run.status, A.RUN_SUMMARY: run.summary,
+    }
+    if run.metadata:
+        attrs[A.RUN_METADATA] = metadata_json(run.metadata)
+    if run.parent_run_id:
+        attrs[A.RUN_PARENT_ID] = run.parent_run_id
+    if project_root:
+        attrs[A.RUN_PROJECT_ROOT] = project_root
+    code = _STATUS.get(run.status, StatusCode.UNSET)
+    return ReadableSpan(
+        name=run.subtype,
+        context=_context(run.trace_id, run.span_id),
+        parent=None,
+        resource=resource,
+        attributes=attrs,
+        events=[Event(str(e.get("name", "")), _clean_attrs(e.get("attributes")),
+                      _ns_from_iso(str(e["timestamp"]))) for e in run.events if e.get("timestamp")],
+        kind=SpanKind.INTERNAL,
+        status=Status(code, (run.summary or "failed") if code is StatusCode.ERROR else None),
+        start_time=_ns_from_iso(run.started_at),
+        end_time=_ns_from_iso(run.ended_at),
+        instrumentation_scope=_RUN_SCOPE,
+    )
+
+
+def child_span(data: dict[str, Any], resource: Resource) -> ReadableSpan:
+    """A child span as the ledger stored it (``span_to_dict``)."""
+    parent = data.get("parent_span_id")
+    code = StatusCode[str(data.get("status") or "UNSET")]
+    return ReadableSpan(
+        name=str(data["name"]),
+        context=_context(str(data["trace_id"]), str(data["span_id"])),
+        parent=_context(str(data["trace_id"]), str(parent)) if parent else None,
+        resource=resource,
+        attributes=_clean_attrs(data.get("attributes")),
+        events=[Event(str(e.get("name", "")), _clean_attrs(e.get("attributes")), int(e["time_ns"]))
+                for e in data.get("events") or [] if e.get("time_ns") is not None],
+        kind=SpanKind[str(data.get("kind") or "INTERNAL")],
+        status=Status(code, data.get("status_description") if code is StatusCode.ERROR else None),
+        start_time=int(data["start_time_ns"]),
+        end_time=int(data["end_time_ns"]),
+        instrumentation_scope=InstrumentationScope(str(data.get("scope") or "otel_runs")),
+    )
+
+
+def _open_ledger(ledger: Any) -> Any:
+    if isinstance(ledger, (str, os.PathLike)):
+        from .ledger import ledger_for
+
+        return ledger_for(ledger)
+    return ledger
+
+
+def _batches(spans: Iterable[tuple[int, ReadableSpan]], size: int
+             ) -> Iterator[tuple[int, list[ReadableSpan]]]:
+    """Chunks of spans; each with the number of runs whose spans are all sent after it."""
+    chunk: list[ReadableSpan] = []
+    runs_done = 0
+    for runs_before, span in spans:
+        if len(chunk) >= size:
+            yield runs_done, chunk
+            chunk = []
+        runs_done = runs_before
+        chunk.append(span)
+    if chunk:
+        yield runs_done, chunk
+
+
+def export_runs_to_otlp(
+    ledger: Any,
+    *,
+    endpoint: str | None = None,
+    since: datetime | None = None,
+    run_type: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Send the ledger's finished runs (started at or after ``since``, of ``run_type``)
+    and their stored child spans to the OTLP endpoint (``endpoint``, a base URL, else
+    the ``OTEL_EXPORTER_OTLP_*`` variables), with their original ids and timestamps.
+
+    ``ledger`` is a :class:`~otel_runs.ledger.Ledger` or a project root. ``progress(done,
+    total)`` is called with run counts. Returns how many runs were sent; runs still
+    ``running`` are skipped. Idempotent: a re-run sends the same spans again. Raises
+    :class:`NoEndpointConfiguredError` before reading anything when no endpoint is set, and
+    :class:`BackfillError` (one-line message) when the endpoint rejects or cannot be reached.
+    """
+    if not otlp_requested(endpoint):
+        raise NoEndpointConfiguredError()
+    led = _open_ledger(ledger)
+    runs = [r for r in led.iter_runs(since=since, type=run_type)
+            if r.ended_at and r.trace_id and r.span_id]
+    runs.reverse()  # oldest first: a backend shows history in the order it happened
+    total = len(runs)
+    if progress is not None:
+        progress(0, total)
+    if not runs:
+        return 0
+    project_root = getattr(led, "project_root", None)
+    resources = _Resources()
+
+    def spans() -> Iterator[tuple[int, ReadableSpan]]:
+        for index, run in enumerate(runs):
+            resource = resources.get(run.service)
+            for data in led.spans(run.run_id):
+                yield index, child_span(data, resource)
+            yield index + 1, run_span(run, resource, str(project_root) if project_root else None)
+
+    exporter = otlp_exporter(endpoint)
+    where = exporter_endpoint(exporter)
+    done = 0
+    try:
+        for runs_done, batch in _batches(spans(), BATCH_SPANS):
+            with capture_export_logs() as captured:
+                try:
+                    result = exporter.export(batch)
+                except Exception as exc:
+                    captured.append(f"{type(exc).__name__}: {exc}")
+                    result = SpanExportResult.FAILURE
+            if result is not SpanExportResult.SUCCESS:
+                reason = " / ".join(dict.fromkeys(captured)) or "export failed"
+                raise BackfillError(
+                    f"OTLP export to {where} failed after {done} of {total} runs: "
+                    + " ".join(reason.split()))
+            if runs_done != done:
+                done = runs_done
+                if progress is not None:
+                    progress(done, total)
+    finally:
+        with capture_export_logs():
+            exporter.shutdown()
+    if progress is not None and done != total:
+        progress(total, total)
+    return total
+
+
+# -- the CLI command (mounted by otel_runs.cli as ``otel-runs export-otlp``) ---------------
+
+@click.command("export-otlp")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S",
+                                              "%Y-%m-%dT%H:%M:%SZ"]),
+              default=None, help="Only runs started at or after this date (UTC).")
+@click.option("--type", "run_type", default=None, metavar="T", help="Only runs of this type.")
+@click.option("--project", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Project whose ledger to replay (default: OTEL_RUNS_PROJECT_ROOT, "
+                   "else the current directory).")
+@click.option("--endpoint", default=None, metavar="URL",
+              help="OTLP base URL (default: OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT).")
+def export_otlp_command(since: datetime | None, run_type: str | None,
+                        project: Path | None, endpoint: str | None) -> None:
+    """Replay runs from the ledger to the OTLP endpoint with their original trace
+    ids, span ids and timestamps (idempotent: safe to run again)."""
+    from ._taxonomy import RUN_TYPES
+
+    if run_type is not None and run_type not in RUN_TYPES:
+        raise click.ClickException(
+            f"unknown run type {run_type!r}; choose one of: {', '.join(sorted(RUN_TYPES))}")
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=timezone.utc)
+    root = project or Path(_settings.env_str(_settings.OTEL_RUNS_PROJECT_ROOT, os.getcwd())
+                           or os.getcwd())
+    bar: Any = None
+
+    def on_progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = click.progressbar(length=total, label="Exporting runs",
+                                    file=click.get_text_stream("stderr"))
+            bar.__enter__()
+        bar.update(done - bar.pos)
+
+    try:
+        sent = export_runs_to_otlp(root, endpoint=endpoint, since=since, run_type=run_type,
+                                   progress=on_progress)
+    except click.ClickException:
+        raise
+    except Exception as exc:  # one line, never a traceback
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        raise click.ClickException(message) from None
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    click.echo(f"exported {sent} run(s) to OTLP")

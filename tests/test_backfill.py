@@ -1,0 +1,212 @@
+"""Backfill: runs and their child spans replayed from a real ledger to a real OTLP
+receiver with their original ids and timestamps; idempotent; clear one-line errors."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.trace import Status, StatusCode, format_span_id, format_trace_id
+from otlp_receiver import OTLPGrpcReceiver, OTLPHttpReceiver, refused_endpoint
+
+import otel_runs
+from otel_runs.backfill import (
+    BackfillError,
+    NoEndpointConfiguredError,
+    export_otlp_command,
+    export_runs_to_otlp,
+)
+from otel_runs.ledger import ledger_for
+
+
+class _Recorder(SpanProcessor):
+    """Keeps every finished span as the SDK produced it (the originals)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.spans: list[ReadableSpan] = []
+
+    def on_end(self, span: ReadableSpan) -> None:
+        with self.lock:
+            self.spans.append(span)
+
+
+@pytest.fixture(autouse=True)
+def _no_otlp_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                 "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                 "OTEL_TRACES_EXPORTER"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def history(git_repo: Path) -> dict[str, Any]:
+    """A real ledger with runs (with child spans, events, a failure) and the original spans."""
+    recorder = _Recorder()
+    otel_runs.configure(git_repo, processors=[recorder], service_name="backfill-test")
+    tracer = trace.get_tracer("test.backfill")
+    run_ids = []
+    for n in range(3):
+        with otel_runs.tracked_run(git_repo, "deploy", "deploy:k8s", summary=f"deploy {n}",
+                                   replicas=n) as run:
+            with tracer.start_as_current_span("kubectl apply") as span:
+                span.set_attribute("k8s.namespace", "prod")
+                span.add_event("applied", {"objects": 4})
+                with tracer.start_as_current_span("wait rollout"):
+                    pass
+            run.add_event("rolled_out", replicas=n)
+        run_ids.append(run.run_id)
+    with pytest.raises(RuntimeError):
+        with otel_runs.tracked_run(git_repo, "build", "build:docker") as run:
+            with tracer.start_as_current_span("docker build") as span:
+                span.set_status(Status(StatusCode.ERROR, "no space left"))
+            raise RuntimeError("docker build failed")
+    run_ids.append(run.run_id)
+    otel_runs.flush()
+    ledger = ledger_for(git_repo)
+    ledger.flush()
+    assert [ledger.get(rid) is not None for rid in run_ids] == [True] * 4
+    otel_runs.shutdown()
+    ours = [s for s in recorder.spans if s.attributes and "run.id" in s.attributes]
+    return {"root": git_repo, "run_ids": run_ids, "originals": ours}
+
+
+def _key(span: dict[str, Any]) -> tuple[Any, ...]:
+    return (span["trace_id"], span["span_id"], span["parent_span_id"], span["name"],
+            span["start_time_ns"], span["end_time_ns"], sorted(span["attributes"].items()),
+            span["status_code"], span["resource"].get("service.name"))
+
+
+def test_replays_runs_and_child_spans_with_original_ids_and_times(history: dict[str, Any]) -> None:
+    recv = OTLPHttpReceiver()
+    try:
+        progress: list[tuple[int, int]] = []
+        sent = export_runs_to_otlp(history["root"], endpoint=recv.endpoint,
+                                   progress=lambda done, total: progress.append((done, total)))
+        assert sent == 4
+        assert progress[0] == (0, 4) and progress[-1] == (4, 4)
+        originals: list[ReadableSpan] = history["originals"]
+        assert len(originals) == 4 * 1 + 3 * 2 + 1  # runs + their child spans
+        got = {s["span_id"]: s for s in recv.wait_for(lambda s: len(s) >= len(originals) and s)}
+        assert len(got) == len(originals) == len(recv.snapshot())
+        for orig in originals:
+            span = got[format_span_id(orig.context.span_id)]
+            assert span["trace_id"] == format_trace_id(orig.context.trace_id)
+            assert span["name"] == orig.name
+            assert span["resource"]["service.name"] == orig.resource.attributes["service.name"]
+            if "run.type" in orig.attributes:
+                # the ledger keeps run times to the microsecond
+                assert span["start_time_ns"] == orig.start_time // 1000 * 1000
+                assert span["end_time_ns"] == orig.end_time // 1000 * 1000
+                for key in ("run.id", "run.type", "run.subtype", "run.status", "run.summary",
+                            "run.metadata", "run.project_root"):
+                    assert span["attributes"].get(key) == orig.attributes.get(key), key
+                assert span["parent_span_id"] is None  # the request span is not in the ledger
+                assert [e["name"] for e in span["events"]] == [e.name for e in orig.events]
+            else:
+                assert span["start_time_ns"] == orig.start_time
+                assert span["end_time_ns"] == orig.end_time
+                assert span["parent_span_id"] == format_span_id(orig.parent.span_id)
+                assert span["attributes"] == dict(orig.attributes)
+                assert [(e["name"], e["time_ns"]) for e in span["events"]] == [
+                    (e.name, e.timestamp) for e in orig.events]
+            assert span["status_code"] == orig.status.status_code.value
+        failed = next(s for s in got.values() if s["attributes"].get("run.status") == "failed")
+        assert failed["status_code"] == 2 and failed["status_message"] == "docker build failed"
+    finally:
+        recv.stop()
+
+
+def test_rerun_sends_the_same_spans(history: dict[str, Any]) -> None:
+    first, second = OTLPHttpReceiver(), OTLPHttpReceiver()
+    try:
+        assert export_runs_to_otlp(history["root"], endpoint=first.endpoint) == 4
+        assert export_runs_to_otlp(history["root"], endpoint=second.endpoint) == 4
+        a = sorted(_key(s) for s in first.snapshot())
+        b = sorted(_key(s) for s in second.snapshot())
+        assert a == b and len(a) == len(history["originals"])
+        assert len({(k[0], k[1]) for k in a}) == len(a)  # each (trace id, span id) once per run
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_filters_and_grpc(history: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    recv = OTLPGrpcReceiver()
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", recv.endpoint)
+        assert export_runs_to_otlp(history["root"], run_type="build") == 1
+        spans = recv.wait_for(lambda s: len(s) >= 2 and s)
+        assert {s["name"] for s in spans} == {"build:docker", "docker build"}
+        future = datetime.now(timezone.utc) + timedelta(days=1)
+        assert export_runs_to_otlp(history["root"], since=future) == 0
+    finally:
+        recv.stop()
+
+
+def test_no_endpoint_is_a_clear_error_before_reading_anything(tmp_path: Path) -> None:
+    with pytest.raises(NoEndpointConfiguredError, match="no OTLP endpoint configured"):
+        export_runs_to_otlp(tmp_path / "not-a-repo")
+
+
+def test_unreachable_endpoint_is_a_one_line_error(history: dict[str, Any],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+    with pytest.raises(BackfillError) as info:
+        export_runs_to_otlp(history["root"], endpoint=refused_endpoint())
+    assert "\n" not in str(info.value)
+    assert "failed after 0 of 4 runs" in str(info.value)
+
+
+# -- the command ---------------------------------------------------------------------------
+
+def _invoke(*args: str, env: dict[str, str] | None = None) -> Any:
+    return CliRunner().invoke(export_otlp_command, list(args), env=env or {},
+                              catch_exceptions=False)
+
+
+def _one_line_error(result: Any) -> str:
+    assert result.exit_code != 0
+    # (a progress bar that had started may precede the error)
+    lines = [ln for ln in result.output.splitlines()
+             if ln.strip() and not ln.startswith("Exporting runs")]
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    assert lines[0].startswith("Error: ")
+    return lines[0]
+
+
+def test_command_without_endpoint_fails_with_one_line(tmp_path: Path) -> None:
+    line = _one_line_error(_invoke("--project", str(tmp_path)))
+    assert "no OTLP endpoint configured" in line and "OTEL_EXPORTER_OTLP_ENDPOINT" in line
+
+
+def test_command_exports_with_progress(history: dict[str, Any]) -> None:
+    recv = OTLPHttpReceiver()
+    try:
+        result = _invoke("--project", str(history["root"]), "--since", "2000-01-01",
+                         "--type", "deploy", env={"OTEL_EXPORTER_OTLP_ENDPOINT": recv.endpoint})
+        assert result.exit_code == 0, result.output
+        assert "exported 3 run(s) to OTLP" in result.output
+        assert "Exporting runs" in result.output
+        assert len({s["attributes"].get("run.id") for s in recv.snapshot()} - {None}) == 3
+    finally:
+        recv.stop()
+
+
+def test_command_errors_are_one_line(history: dict[str, Any], tmp_path: Path) -> None:
+    endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": refused_endpoint(), "OTEL_EXPORTER_OTLP_TIMEOUT": "1"}
+    assert "unknown run type 'nope'" in _one_line_error(
+        _invoke("--project", str(history["root"]), "--type", "nope", env=endpoint))
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert str(plain) in _one_line_error(_invoke("--project", str(plain), env=endpoint))
+    assert "failed after 0 of 4 runs" in _one_line_error(
+        _invoke("--project", str(history["root"]), env=endpoint))
