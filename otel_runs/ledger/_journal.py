@@ -95,6 +95,8 @@ class JournalWriter:
         self._written = 0  # lines written (all segments)
         self._synced = 0  # lines known to be on stable storage
         self._syncing = False
+        #: fdatasync calls made for appends (group commit: fewer than fsynced appends).
+        self.syncs = 0
         self._open_runs: dict[str, dict[str, Any]] = {}  # run_id -> start record
         self._uncommitted: dict[int, int] = {}  # segment -> ended runs not yet committed
 
@@ -188,6 +190,7 @@ class JournalWriter:
             self._lock.release()
             try:
                 os.fdatasync(fd)
+                self.syncs += 1
             finally:
                 self._lock.acquire()
                 self._syncing = False
