@@ -133,7 +133,8 @@ class RedisHub:
         info = self._info()
         return info["last"] if info else "0-0"
 
-    def _info(self) -> dict[str, str] | None:
+    def _info(self) -> dict[str, Any] | None:
+        """Last id, first retained id, and whether anything was trimmed or deleted."""
         import redis
 
         try:
@@ -142,10 +143,20 @@ class RedisHub:
             return None
 
         def text(key: str) -> str:
-            value = raw.get(key) or raw.get(key.encode())
+            value = raw.get(key)
             return value.decode() if isinstance(value, bytes) else str(value or "0-0")
 
-        return {"last": text("last-generated-id"), "max_deleted": text("max-deleted-entry-id")}
+        first = raw.get("first-entry")
+        first_id = first[0].decode() if first else text("last-generated-id")
+        added = int(raw.get("entries-added") or 0)
+        return {"last": text("last-generated-id"), "first": first_id,
+                "lost": added > int(raw.get("length") or 0)}
+
+    def _too_old(self, event_id: tuple[int, int], info: dict[str, Any] | None) -> bool:
+        """Whether events after ``event_id`` may have been trimmed away already."""
+        if not info or not info["lost"]:
+            return False
+        return event_id < (parse_event_id(info["first"]) or (0, 0))
 
     def subscribe(self, last_event_id: str | None = None) -> _RedisSubscription:
         """Follow the stream from now, or from after ``last_event_id`` (``reset`` if
@@ -156,8 +167,7 @@ class RedisHub:
         if last_event_id:
             parsed = parse_event_id(last_event_id)
             last = parse_event_id(now) or (0, 0)
-            deleted = parse_event_id(info["max_deleted"]) if info else (0, 0)
-            if parsed is None or parsed > last or parsed < (deleted or (0, 0)):
+            if parsed is None or parsed > last or self._too_old(parsed, info):
                 reset = True
             else:
                 cursor = f"{parsed[0]}-{parsed[1]}"
@@ -213,9 +223,7 @@ class _RedisSubscription:
         limit = self.hub.client_queue
         replaying = (parse_event_id(self.cursor) or (0, 0)) < self.replay_until
         if replaying:
-            info = self.hub._info()
-            if info and (parse_event_id(self.cursor) or (0, 0)) < (
-                    parse_event_id(info["max_deleted"]) or (0, 0)):
+            if self.hub._too_old(parse_event_id(self.cursor) or (0, 0), self.hub._info()):
                 raise SubscriberDroppedError("reader fell behind the trimmed stream")
         block_ms = max(1, int(timeout * 1000))
         reply = self._conn.xread({self.hub.stream: self.cursor},

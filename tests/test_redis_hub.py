@@ -1,0 +1,176 @@
+"""The Redis-backed hub against a real ``redis-server`` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from conftest import free_port, wait_until
+from flask import Flask
+
+import otel_runs
+from otel_runs import api
+from otel_runs.flask import RunTracking
+from otel_runs.hub import RESET_EVENT, get_hub, hub_from_settings, parse_event_id
+
+redis = pytest.importorskip("redis", reason="the 'redis' extra is not installed")
+from otel_runs._redis_hub import RedisHub  # noqa: E402
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A private redis-server on 127.0.0.1 and a free port, no persistence."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server binary not found (apt-get install redis-server; .ci/run does)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path), "--protected-mode", "yes"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+
+        def ready() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+
+        wait_until(ready, timeout=20, interval=0.05)
+        client.close()
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def _drain(sub: Any, want: int, timeout: float = 1.0) -> list:
+    out: list = []
+    for _ in range(50):
+        if len(out) >= want:
+            break
+        out += sub.next_batch(timeout)
+    return out
+
+
+def test_two_processes_share_events_and_ids(redis_url: str) -> None:
+    worker_a, worker_b = RedisHub(redis_url), RedisHub(redis_url)  # two "processes"
+    sub_a, sub_b = worker_a.subscribe(), worker_b.subscribe()
+    ids = []
+    for i in range(10):
+        hub = worker_a if i % 2 == 0 else worker_b
+        ids.append(hub.publish("run:started", {"n": i, "from": "a" if i % 2 == 0 else "b"}))
+    pairs = [parse_event_id(i) for i in ids]
+    assert pairs == sorted(pairs) and len(set(pairs)) == 10  # one monotonic sequence
+    got_a, got_b = _drain(sub_a, 10), _drain(sub_b, 10)
+    assert [e.id for e in got_a] == [e.id for e in got_b] == ids
+    assert [e.json()["n"] for e in got_a] == list(range(10))
+    for sub in (sub_a, sub_b):
+        sub.close()
+
+
+def test_last_event_id_from_one_process_resumes_on_another(redis_url: str) -> None:
+    worker_a, worker_b = RedisHub(redis_url), RedisHub(redis_url)
+    ids = [worker_a.publish("tick", i) for i in range(6)]
+    sub = worker_b.subscribe(ids[1])
+    assert [e.id for e in _drain(sub, 4)] == ids[2:]
+    sub.close()
+
+
+def test_trimmed_or_unknown_ids_get_reset(redis_url: str) -> None:
+    hub = RedisHub(redis_url, buffer_size=20, client_queue=5)
+    ids = [hub.publish("tick", i) for i in range(300)]  # MAXLEN ~ 20 trims the oldest
+    assert [e.type for e in hub.subscribe(ids[0]).next_batch(1.0)] == [RESET_EVENT]
+    assert [e.type for e in hub.subscribe("garbage").next_batch(1.0)] == [RESET_EVENT]
+    assert [e.type for e in hub.subscribe("99999999999999-0").next_batch(1.0)] == [RESET_EVENT]
+    recent = hub.subscribe(ids[-3])
+    assert [e.id for e in _drain(recent, 2)] == ids[-2:]
+
+
+def test_a_lagging_reader_is_dropped(redis_url: str) -> None:
+    from otel_runs.hub import SubscriberDroppedError
+
+    hub = RedisHub(redis_url, buffer_size=200, client_queue=5)
+    sub = hub.subscribe()
+    for i in range(20):
+        hub.publish("tick", i)
+    with pytest.raises(SubscriberDroppedError):
+        sub.next_batch(1.0)
+    sub.close()
+    assert hub.subscriber_count == 0
+
+
+def test_publish_nowait_never_blocks_when_redis_is_down() -> None:
+    port = free_port()  # nothing listens there
+    hub = RedisHub(f"redis://127.0.0.1:{port}/0")
+    done = threading.Event()
+
+    def publish() -> None:
+        for i in range(20_000):
+            hub.publish_nowait("run:started", {"n": i})
+        done.set()
+
+    threading.Thread(target=publish, daemon=True).start()
+    assert done.wait(60), "publish_nowait blocked on a down Redis"
+    hub.close()
+
+
+def test_hub_from_settings_uses_the_redis_url(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_RUNS_REDIS_URL", redis_url)
+    assert isinstance(hub_from_settings(), RedisHub)
+
+
+def _app(root: Path, name: str) -> Flask:
+    app = Flask(name)
+    app.config["PROJECT_ROOT"] = str(root)
+
+    @app.post("/build")
+    @otel_runs.run_tracked("build", "build:docker")
+    def build() -> Any:
+        return {"ok": True, "summary": f"built on {name}"}
+
+    RunTracking(app, ledger=False)
+    api.register(app, app.extensions["otel_runs"])
+    return app
+
+
+def test_stream_on_one_worker_sees_runs_of_another(
+        redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, live_server) -> None:
+    monkeypatch.setenv("OTEL_RUNS_REDIS_URL", redis_url)
+    root = tmp_path / "project"
+    root.mkdir()
+    worker_1, worker_2 = _app(root, "w1"), _app(root, "w2")
+    assert isinstance(get_hub(worker_1), RedisHub)
+    srv_1, srv_2 = live_server(worker_1), live_server(worker_2)
+    lines: list[str] = []
+    resp = requests.get(srv_1.url + "/api/events", stream=True, timeout=30)
+
+    def read() -> None:
+        try:
+            for line in resp.iter_lines(decode_unicode=True):
+                lines.append(line)
+        except Exception:  # the test closes the response
+            pass
+
+    threading.Thread(target=read, daemon=True).start()
+    wait_until(lambda: get_hub(worker_1).subscriber_count == 1)
+    run_id = requests.post(srv_2.url + "/build", timeout=10).headers["X-Run-Id"]
+    # Each run is published by the SSE processor of both apps (same project), so
+    # wait for its completion on the stream of worker 1.
+    wait_until(lambda: any(run_id in line and '"status":"ok"' in line for line in lines), timeout=20)
+    ids = [line[4:] for line in lines if line.startswith("id: ")]
+    assert [parse_event_id(i) for i in ids] == sorted(parse_event_id(i) for i in ids)
+    resp.close()
