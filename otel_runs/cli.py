@@ -162,12 +162,35 @@ def _run_line(event: str, run: dict[str, Any]) -> str:
             f"{str(run.get('subtype', '')):<26} {dur:>7}  {str(run.get('summary', ''))[:80]}")
 
 
+class _NoProgress:
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        return None
+
+
+def _progress(length: int, label: str) -> Any:
+    """A progress bar on an interactive stderr; nothing otherwise (clean logs, and
+    an error stays one line)."""
+    if not sys.stderr.isatty():
+        return _NoProgress()
+    return click.progressbar(length=length, label=label, file=sys.stderr)
+
+
 # -- the group -----------------------------------------------------------------------
 
 @click.group("otel-runs", context_settings={"help_option_names": ["-h", "--help"]})
 @project_option
-def runs_group() -> None:
+@click.pass_context
+def runs_group(ctx: click.Context) -> None:
     """Inspect, follow, share and check the runs of a project's git ledger."""
+    project = ctx.meta.get(_PROJECT_KEY)
+    if project:  # also the default of commands with their own --project (export-otlp)
+        ctx.default_map = {**(ctx.default_map or {}), "export-otlp": {"project": project}}
 
 
 @runs_group.command("list")
@@ -251,10 +274,11 @@ def tail_command(ctx: click.Context, url: str | None, interval: float, count: in
     """Follow new runs live: from a server's event stream (--url) or the ledger."""
     deadline = None if timeout is None else time.monotonic() + timeout
     seen = 0
+    # Connect / take the ledger's baseline first, then say so: nothing after the
+    # message is missed.
     source = _tail_events(url, deadline) if url else _tail_ledger(ctx, interval, deadline)
-    if not as_json:
-        where = url or f"the ledger of {project_root(ctx)}"
-        click.echo(f"following runs from {where} (Ctrl-C to stop)", err=True)
+    where = url or f"the ledger of {project_root(ctx)}"
+    click.echo(f"following runs from {where} (Ctrl-C to stop)", err=True)
     try:
         for event, run in source:
             if as_json:
@@ -271,16 +295,21 @@ def tail_command(ctx: click.Context, url: str | None, interval: float, count: in
 
 def _tail_ledger(ctx: click.Context, interval: float,
                  deadline: float | None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """New runs of the ledger, polled; the runs already there are the baseline."""
     ledger = _ledger(ctx)
-    known = {r.run_id for r in ledger.recent(limit=200)}
-    while deadline is None or time.monotonic() < deadline:
-        fresh = [r for r in ledger.recent(limit=200) if r.run_id not in known]
-        for run in sorted(fresh, key=lambda r: r.run_id):
-            known.add(run.run_id)
-            yield "run:completed" if run.status != "running" else "run:started", run.to_dict()
-        pause = interval if deadline is None else min(interval, deadline - time.monotonic())
-        if pause > 0:
-            time.sleep(pause)
+    known = {r.run_id for r in ledger.recent(limit=500)}
+
+    def poll() -> Iterator[tuple[str, dict[str, Any]]]:
+        while deadline is None or time.monotonic() < deadline:
+            fresh = [r for r in ledger.recent(limit=500) if r.run_id not in known]
+            for run in sorted(fresh, key=lambda r: r.run_id):
+                known.add(run.run_id)
+                yield "run:completed" if run.status != "running" else "run:started", run.to_dict()
+            pause = interval if deadline is None else min(interval, deadline - time.monotonic())
+            if pause > 0:
+                time.sleep(pause)
+
+    return poll()
 
 
 def _events_url(url: str) -> str:
@@ -290,40 +319,57 @@ def _events_url(url: str) -> str:
     return base if base.endswith("/api/events") else base + "/api/events"
 
 
+def _open_stream(events_url: str, last_id: str | None, deadline: float | None) -> Any:
+    headers = {"Accept": "text/event-stream"}
+    if last_id:
+        headers["Last-Event-ID"] = last_id
+    req = urllib.request.Request(events_url, headers=headers)
+    # Longer than the server's 15 s heartbeat; an idle read past it reconnects.
+    wait = 20.0 if deadline is None else max(0.1, min(20.0, deadline - time.monotonic()))
+    try:
+        return urllib.request.urlopen(req, timeout=wait)  # noqa: S310 - user-given URL
+    except urllib.error.HTTPError as exc:
+        raise CliError(f"{events_url} answered HTTP {exc.code}") from None
+
+
 def _tail_events(url: str, deadline: float | None) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Run events from a server-sent event stream; reconnects with Last-Event-ID."""
+    """Run events from a server-sent event stream (connected before returning);
+    reconnects with Last-Event-ID when the connection drops."""
     events_url = _events_url(url)
-    last_id: str | None = None
-    failures = 0
-    while deadline is None or time.monotonic() < deadline:
-        headers = {"Accept": "text/event-stream"}
-        if last_id:
-            headers["Last-Event-ID"] = last_id
-        req = urllib.request.Request(events_url, headers=headers)
-        # Longer than the server's 15 s heartbeat; an idle read past it reconnects.
-        wait = 20.0 if deadline is None else max(0.1, min(20.0, deadline - time.monotonic()))
-        try:
-            resp = urllib.request.urlopen(req, timeout=wait)  # noqa: S310 - user-given URL
-        except urllib.error.HTTPError as exc:
-            raise CliError(f"{events_url} answered HTTP {exc.code}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            if last_id is None or failures >= 5:
-                raise CliError(f"cannot reach {events_url}: {reason}") from None
-            failures += 1
-            time.sleep(min(2.0, 0.2 * failures))
-            continue
+    try:
+        first = _open_stream(events_url, None, deadline)
+    except (urllib.error.URLError, OSError) as exc:
+        raise CliError(f"cannot reach {events_url}: {getattr(exc, 'reason', exc)}") from None
+
+    def read() -> Iterator[tuple[str, dict[str, Any]]]:
+        resp: Any = first
+        last_id: str | None = None
         failures = 0
-        try:
-            for event_id, event, data in _sse_records(resp, deadline):
-                if event_id:
-                    last_id = event_id
-                if event in ("run:started", "run:completed") and isinstance(data, dict):
-                    yield event, data
-        except (TimeoutError, OSError):
-            pass  # idle past our own timeout or the connection dropped: reconnect
-        finally:
-            resp.close()
+        while deadline is None or time.monotonic() < deadline:
+            if resp is None:
+                try:
+                    resp = _open_stream(events_url, last_id, deadline)
+                except (urllib.error.URLError, OSError) as exc:
+                    failures += 1
+                    if failures > 5:
+                        raise CliError(f"lost {events_url}: {getattr(exc, 'reason', exc)}"
+                                       ) from None
+                    time.sleep(min(2.0, 0.2 * failures))
+                    continue
+                failures = 0
+            try:
+                for event_id, event, data in _sse_records(resp, deadline):
+                    if event_id:
+                        last_id = event_id
+                    if event in ("run:started", "run:completed") and isinstance(data, dict):
+                        yield event, data
+            except (TimeoutError, OSError):
+                pass  # idle past our read timeout, or the connection dropped: reconnect
+            finally:
+                resp.close()
+                resp = None
+
+    return read()
 
 
 def _sse_records(resp: Any, deadline: float | None) -> Iterator[tuple[str | None, str, Any]]:
@@ -370,7 +416,9 @@ def serve_command(ctx: click.Context, host: str, port: int) -> None:
     app = make_serve_app(root)
     click.echo(f"otel-runs: serving the ledger of {Path(root).resolve()} "
                f"at http://{host}:{port}/runs", err=True)
-    app.run(host=host, port=port, threaded=True, use_reloader=False)
+    from werkzeug.serving import run_simple  # not app.run: a no-op under `flask run`
+
+    run_simple(host, port, app, threaded=True, use_reloader=False)
 
 
 def make_serve_app(root: str) -> Any:
@@ -411,15 +459,15 @@ def _ensure_api(app: Any, ext: Any) -> None:
 @friendly
 def sync_command(ctx: click.Context, remote: str, retries: int) -> None:
     """Merge the ledger with REMOTE's (fetch, union, push; never forces)."""
-    from .ledger._sync import SYNC_STEPS, sync_ledger
+    from .ledger._sync import SYNC_STEPS, check_remote, git_dir_of, sync_ledger
 
     ledger = _ledger(ctx)
+    check_remote(git_dir_of(ledger.project_root), remote)
     ledger.flush()
-    with click.progressbar(length=len(SYNC_STEPS), label=f"sync with {remote}",
-                           file=sys.stderr, item_show_func=lambda s: s) as bar:
+    with _progress(len(SYNC_STEPS), f"sync with {remote}") as bar:
         result = sync_ledger(ledger.project_root, remote, branch=ledger.branch,
                              tag_prefix=ledger.tag_prefix, max_attempts=retries,
-                             on_step=lambda name: bar.update(1, name))
+                             on_step=lambda name: bar.update(1))
     click.echo(result.describe())
 
 
@@ -437,7 +485,7 @@ def verify_command(ctx: click.Context, as_json: bool) -> None:
     bar_box: list[Any] = []
 
     def on_total(n: int) -> None:
-        bar = click.progressbar(length=max(n, 1), label="verify", file=sys.stderr)
+        bar = _progress(max(n, 1), "verify")
         bar.__enter__()
         bar_box.append(bar)
 

@@ -148,4 +148,6 @@ def serve_demo(host: str = "127.0.0.1", port: int = 5050,
           f"  bare remote: {state.remote}\n"
           f"  open {url}  (live runs: {url}runs; Ctrl-C to stop)\n"
           f"  afterwards: otel-runs --project {state.project} list", flush=True)
-    app.run(host=host, port=port, threaded=True, use_reloader=False)
+    from werkzeug.serving import run_simple  # not app.run: a no-op under `flask run`
+
+    run_simple(host, port, app, threaded=True, use_reloader=False)

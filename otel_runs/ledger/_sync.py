@@ -20,7 +20,7 @@ from pathlib import Path
 from ._errors import LedgerError, NotAGitRepository
 from ._git import git_env
 
-__all__ = ["SyncResult", "git_dir_of", "run_git", "sync_ledger"]
+__all__ = ["SyncResult", "check_remote", "git_dir_of", "run_git", "sync_ledger"]
 
 DEFAULT_BRANCH = "scp-ledger"
 DEFAULT_TAG_PREFIX = "scp-run/"
@@ -97,7 +97,8 @@ class SyncResult:
                 + (f" (after {self.attempts} attempts)" if self.attempts > 1 else ""))
 
 
-def _check_remote(cwd: Path, remote: str) -> None:
+def check_remote(cwd: Path, remote: str) -> None:
+    """Raise :class:`LedgerError` unless ``remote`` is a configured remote or a URL/path."""
     if run_git(cwd, "remote", "get-url", remote, check=False).returncode == 0:
         return
     looks_like_url = "://" in remote or remote.startswith(("git@", "/", "./", "../", "~"))
@@ -193,7 +194,7 @@ def sync_ledger(project_root: str | os.PathLike[str], remote: str = "origin", *,
     to ``max_attempts`` times). Safe to run from several clones in turn.
     ``on_step(name)`` is called after each of ``SYNC_STEPS`` (for progress)."""
     cwd = git_dir_of(project_root)
-    _check_remote(cwd, remote)
+    check_remote(cwd, remote)
     ref = f"refs/heads/{branch}"
     step = on_step or (lambda _name: None)
     received = 0
