@@ -37,9 +37,17 @@ class _GitCommandError(LedgerError):
     def __init__(self, args: tuple[str, ...], returncode: int, stderr: str) -> None:
         self.returncode = returncode
         self.stderr = stderr
-        lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
-        detail = lines[-1] if lines else f"exit status {returncode}"
-        super().__init__(f"git {' '.join(args[:2])} failed: {detail}")
+        super().__init__(f"git {' '.join(args[:2])} failed: {git_error_line(stderr, returncode)}")
+
+
+def git_error_line(stderr: str, returncode: int = 1) -> str:
+    """The telling line of git's stderr: the first ``fatal:``, else the last ``error:``."""
+    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    fatal = [ln for ln in lines if ln.startswith("fatal:")]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    line = fatal[0] if fatal else errors[-1] if errors else lines[-1] if lines else ""
+    return line.split(":", 1)[1].strip() if line[:6] in ("fatal:", "error:") else (
+        line or f"exit status {returncode}")
 
 
 def run_git(cwd: str | os.PathLike[str], *args: str, input: str | None = None,
@@ -113,7 +121,9 @@ def check_remote(cwd: Path, remote: str) -> None:
 def _fetch(cwd: Path, remote: str, branch: str, tag_prefix: str | None) -> str | None:
     """Fetch the remote ledger branch (into a private ref) and its run tags;
     the fetched commit, or None when the remote has no ledger yet."""
-    heads = run_git(cwd, "ls-remote", "--heads", remote, f"refs/heads/{branch}")
+    heads = run_git(cwd, "ls-remote", "--heads", remote, f"refs/heads/{branch}", check=False)
+    if heads.returncode != 0:
+        raise LedgerError(f"cannot read remote {remote!r}: {git_error_line(heads.stderr)}")
     if not heads.stdout.strip():
         return None
     specs = [f"+refs/heads/{branch}:{_FETCHED_REF}"]
@@ -167,9 +177,10 @@ def _merge_into_local(cwd: Path, ref: str, fetched: str | None, remote: str) -> 
     raise LedgerError(f"could not update {ref}: it kept moving; try again")
 
 
-def _push(cwd: Path, remote: str, branch: str, tag_prefix: str | None) -> bool | None:
+def _push(cwd: Path, remote: str, branch: str, tag_prefix: str | None) -> bool | str:
     """Push branch and run tags without force. True: pushed; False: nothing to
-    push; None: rejected (the remote moved)."""
+    push; a string: why the remote rejected it (it moved, or a concurrent push
+    held a ref lock): fetch, merge and try again."""
     specs = [f"refs/heads/{branch}:refs/heads/{branch}"]
     if tag_prefix:
         specs.append(f"refs/tags/{tag_prefix}*:refs/tags/{tag_prefix}*")
@@ -177,9 +188,8 @@ def _push(cwd: Path, remote: str, branch: str, tag_prefix: str | None) -> bool |
     lines = proc.stdout.splitlines()
     rejected = [ln for ln in lines if ln.startswith("!")]
     if proc.returncode != 0:
-        if rejected and all("fetch first" in ln or "non-fast-forward" in ln
-                            for ln in rejected):
-            return None
+        if rejected:
+            return "; ".join(ln.split("\t")[-1] for ln in rejected)[:300]
         raise _GitCommandError(("push", remote), proc.returncode, proc.stderr or proc.stdout)
     # porcelain flags: ' ' fast-forward, '*' new ref, '=' up to date
     return any(ln[:1] in (" ", "*") for ln in lines if "\t" in ln)
@@ -199,6 +209,7 @@ def sync_ledger(project_root: str | os.PathLike[str], remote: str = "origin", *,
     step = on_step or (lambda _name: None)
     received = 0
     how = "up-to-date"
+    why = ""
     for attempt in range(1, max_attempts + 1):
         fetched = _fetch(cwd, remote, branch, tag_prefix)
         step("fetch")
@@ -211,9 +222,10 @@ def sync_ledger(project_root: str | os.PathLike[str], remote: str = "origin", *,
             step("push")
             return SyncResult(remote, branch, "empty", received, False, attempt)
         pushed = _push(cwd, remote, branch, tag_prefix)
-        if pushed is not None:
+        if isinstance(pushed, bool):
             step("push")
             return SyncResult(remote, branch, how, received, pushed, attempt)
+        why = pushed
         time.sleep(min(0.1 * attempt, 0.5))
-    raise LedgerError(f"push to {remote!r} was rejected {max_attempts} times "
-                      "(others keep syncing); run sync again")
+    raise LedgerError(f"push to {remote!r} was rejected {max_attempts} times ({why}); "
+                      "run sync again")
