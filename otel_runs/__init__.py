@@ -10,6 +10,7 @@ from ._redact import add_secret_key_parts
 from ._setup import configure, flush, shutdown
 from ._taxonomy import RUN_TYPES, RunTypeError, register_run_type
 from ._tracking import RunHandle, current_run, tracked_run
+from .audit import untracked_routes
 
 __version__ = "0.1.0"
 
@@ -30,5 +31,6 @@ __all__ = [
     "run_tracked",
     "shutdown",
     "tracked_run",
+    "untracked_routes",
     "validate_run_id",
 ]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import calendar
 import re
 import secrets
+import time
 from datetime import datetime, timezone
 
 __all__ = ["InvalidRunId", "new_run_id", "validate_run_id", "run_id_time"]
@@ -18,11 +20,24 @@ class InvalidRunId(ValueError):
     """A run id from outside does not have the run id format."""
 
 
-def new_run_id(at: datetime | None = None) -> str:
-    """Return a new run id for a run starting at ``at`` (default: now)."""
-    at = (at or datetime.now(timezone.utc)).astimezone(timezone.utc)
-    stamp = at.strftime("%Y%m%dT%H%M%S") + f"{at.microsecond // 1000:03d}Z"
-    return f"{stamp}-{secrets.token_hex(5)}"
+_stamp_cache: tuple[int, str] = (-1, "")
+
+
+def new_run_id(at: datetime | int | None = None) -> str:
+    """A new run id for a run starting at ``at`` (a datetime or ``time.time_ns()``;
+    default: now)."""
+    global _stamp_cache
+    if isinstance(at, datetime):
+        at = at.astimezone(timezone.utc)
+        ns = int(calendar.timegm(at.timetuple())) * 1_000_000_000 + at.microsecond * 1000
+    else:
+        ns = time.time_ns() if at is None else at
+    sec, rem = divmod(ns, 1_000_000_000)
+    cached_sec, prefix = _stamp_cache
+    if cached_sec != sec:
+        prefix = time.strftime("%Y%m%dT%H%M%S", time.gmtime(sec))
+        _stamp_cache = (sec, prefix)
+    return f"{prefix}{rem // 1_000_000:03d}Z-{secrets.token_hex(5)}"
 
 
 def validate_run_id(run_id: object) -> str:

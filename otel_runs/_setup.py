@@ -30,7 +30,7 @@ class _State:
     owns_provider: bool = False
     tracer: trace.Tracer | None = None
     default_root: str | None = None
-    ledger_enabled: bool = True
+    ledger_enabled: bool | None = None  # None: not decided yet (then OTEL_RUNS_LEDGER)
     durability: str | None = None
     ledger_processors: dict[str, SpanProcessor | None] = field(default_factory=dict)
     processors: list[SpanProcessor] = field(default_factory=list)
@@ -77,7 +77,7 @@ def configure(
         provider = _ensure_provider(service_name, sampler, otlp_endpoint)
         if ledger is not None:
             _state.ledger_enabled = ledger
-        elif _state.provider is provider and not _state.ledger_processors:
+        elif _state.ledger_enabled is None:
             _state.ledger_enabled = _settings.env_bool(_settings.OTEL_RUNS_LEDGER, True)
         if durability is not None:
             _state.durability = _settings.durability(durability)
@@ -127,18 +127,22 @@ def _ensure_provider(service_name: str | None, sampler: Sampler | None,
 
 
 def _add_otlp(provider: TracerProvider, endpoint: str | None) -> None:
-    try:
-        from .exporters.otlp import otlp_processor
-    except ImportError:  # pragma: no cover - the OTLP module is part of the package
+    from .exporters.otlp import OTLPSpanProcessor, otlp_processor
+
+    existing = [p for p in _state.processors if isinstance(p, OTLPSpanProcessor)]
+    if existing:
+        if endpoint:
+            logger.warning("otel-runs: OTLP export is already configured; otlp_endpoint=%r "
+                           "is ignored (call otel_runs.shutdown() first to change it)", endpoint)
         return
     proc = otlp_processor(endpoint)
-    if proc is not None and not any(type(p) is type(proc) for p in _state.processors):
+    if proc is not None:
         provider.add_span_processor(proc)
         _state.processors.append(proc)
 
 
 def _ensure_ledger(resolved_root: str) -> None:
-    if not _state.ledger_enabled or resolved_root in _state.ledger_processors:
+    if _state.ledger_enabled is False or resolved_root in _state.ledger_processors:
         return
     assert _state.provider is not None
     try:
@@ -170,7 +174,7 @@ def project_root_for_run(project_root: str | os.PathLike[str] | None) -> str | N
                 configure()
         return _state.default_root
     resolved = _resolve(project_root)
-    if resolved not in _state.ledger_processors and _state.ledger_enabled:
+    if resolved not in _state.ledger_processors and _state.ledger_enabled is not False:
         with _lock:
             _ensure_ledger(resolved)
     return resolved
@@ -229,3 +233,5 @@ def _reset_locked() -> None:
     _state.ledger_processors.clear()
     _state.processors.clear()
     _state.default_root = None
+    _state.ledger_enabled = None
+    _state.durability = None

@@ -120,7 +120,7 @@ class RunScope:
             validate_run_type(run_type, subtype)
         root = project_root_for_run(project_root)
         now_ns = time.time_ns()
-        run_id = new_run_id(_dt_from_ns(now_ns))
+        run_id = new_run_id(now_ns)
         parent_ctx = otel_context.get_current()
         meta = dict(metadata or {})
         self._initial_metadata = metadata_json(meta)
@@ -196,12 +196,6 @@ def _exc_text(exc: BaseException) -> str:
         return {KeyboardInterrupt: "interrupted (KeyboardInterrupt)",
                 GeneratorExit: "client went away"}.get(type(exc), "cancelled")
     return str(exc) or type(exc).__name__
-
-
-def _dt_from_ns(ns: int) -> Any:
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
 
 
 class tracked_run:  # noqa: N801 - used like a function: ``with tracked_run(...)``

@@ -11,7 +11,7 @@ from flask import Flask, Request
 
 from . import _setup
 
-__all__ = ["RunTracking"]
+__all__ = ["ActionNotRouted", "RunTracking", "wire_actions", "wire_pending"]
 
 logger = logging.getLogger("otel_runs")
 
@@ -82,3 +82,17 @@ _APP_HOOKS: list[Callable[[Flask, _AppState], None]] = []
 def _register_app_hook(hook: Callable[[Flask, _AppState], None]) -> None:
     if hook not in _APP_HOOKS:
         _APP_HOOKS.append(hook)
+
+
+from ._wiring import ActionNotRouted, wire_actions, wire_pending  # noqa: E402
+
+
+def _register_builtin_hooks() -> None:
+    from . import _wiring, api, cli
+
+    _register_app_hook(_wiring.register)  # RunTracking(app, actions=...) wiring
+    _register_app_hook(api.register)      # hub, SSE processor, /api/runs, /api/events, /runs
+    _register_app_hook(cli.register)      # flask runs ...
+
+
+_register_builtin_hooks()

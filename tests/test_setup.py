@@ -184,3 +184,15 @@ def test_request_span_is_recorded_by_flask_instrumentation(collector, tmp_path: 
     spans = {s.name: s for s in exported.get_finished_spans()}
     assert set(spans) == {"deploy:k8s", "POST /k8s/apply"}
     assert spans["deploy:k8s"].parent.span_id == spans["POST /k8s/apply"].context.span_id
+
+
+def test_ledger_off_stays_off_until_asked(tmp_path: Path, git_repo: Path) -> None:
+    from otel_runs import _setup
+
+    otel_runs.configure(tmp_path, ledger=False)
+    otel_runs.configure(git_repo)
+    with tracked_run(git_repo, "git", "git:commit"):
+        pass
+    assert _setup.ledger_processor(git_repo) is None
+    otel_runs.configure(git_repo, ledger=True)
+    assert _setup.ledger_processor(git_repo) is not None

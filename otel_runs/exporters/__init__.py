@@ -3,5 +3,19 @@
 from __future__ import annotations
 
 from ._run_processor import RunProcessor, is_run_span
+from .ledger import LedgerRunProcessor, LedgerSpanExporter, ledger_processor_for
+from .otlp import OTLPSpanProcessor, otlp_processor
+from .sse import RUN_COMPLETED, RUN_STARTED, SSESpanProcessor
 
-__all__ = ["RunProcessor", "is_run_span"]
+__all__ = [
+    "RUN_COMPLETED",
+    "RUN_STARTED",
+    "LedgerRunProcessor",
+    "LedgerSpanExporter",
+    "OTLPSpanProcessor",
+    "RunProcessor",
+    "SSESpanProcessor",
+    "is_run_span",
+    "ledger_processor_for",
+    "otlp_processor",
+]
