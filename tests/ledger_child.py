@@ -91,6 +91,7 @@ def fork(root: str, per_child: int, kill_child: str) -> None:
     with otel_runs.tracked_run(root, "deploy", "deploy:k8s", summary="before fork") as run:
         pass
     say("done", run.run_id)
+    otel_runs.flush()  # the committer thread (and, if enabled, the commit helper) exist at fork
     pid = os.fork()
     if pid == 0:
         for i in range(per_child):

@@ -8,6 +8,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from conftest import git, user_state
 
 from otel_runs.ledger import Ledger
@@ -50,11 +51,14 @@ def check_ledger(repo: Path, expected: int) -> list[str]:
     return ids
 
 
-def test_four_processes_by_four_threads(git_repo: Path) -> None:
+@pytest.mark.parametrize("commit_process", ["never", "always"])
+def test_four_processes_by_four_threads(git_repo: Path, commit_process: str) -> None:
     before = user_state(git_repo)
-    # A short commit interval so the processes really commit concurrently.
+    # A short commit interval so the processes really commit concurrently, in a
+    # thread of each process or in each one's commit helper process.
     procs = [start("threads", str(git_repo), "4", "40",
-                   env={"OTEL_RUNS_COMMIT_INTERVAL": "0.05"}) for _ in range(4)]
+                   env={"OTEL_RUNS_COMMIT_INTERVAL": "0.05",
+                        "OTEL_RUNS_COMMIT_PROCESS": commit_process}) for _ in range(4)]
     outs = [finish(p) for p in procs]
     assert all(o.startswith("finished") for o in outs)
     ids = check_ledger(git_repo, 4 * 4 * 40)
@@ -69,9 +73,11 @@ def test_four_processes_by_four_threads(git_repo: Path) -> None:
     assert user_state(git_repo) == before
 
 
-def test_forked_workers_keep_recording(git_repo: Path) -> None:
+@pytest.mark.parametrize("commit_process", ["never", "always"])
+def test_forked_workers_keep_recording(git_repo: Path, commit_process: str) -> None:
     before = user_state(git_repo)
-    out = finish(start("fork", str(git_repo), "20", "exit"))
+    out = finish(start("fork", str(git_repo), "20", "exit",
+                       env={"OTEL_RUNS_COMMIT_PROCESS": commit_process}))
     done = [line.split()[1] for line in out.splitlines() if line.startswith("done")]
     assert len(done) == 41  # 1 before the fork, 20 in the child, 20 in the parent
     ids = check_ledger(git_repo, 41)

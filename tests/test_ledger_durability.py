@@ -286,3 +286,34 @@ def test_ledger_in_a_subdirectory_and_a_linked_worktree(git_repo: Path, tmp_path
     journals = list((git_repo / ".git" / "otel-runs").glob("journal-*"))
     assert journals and not (wt / ".git").is_dir()  # the common git dir, not the worktree
     assert user_state(git_repo) == before and user_state(wt) == before_wt
+
+
+def test_commit_helper_process_commits_and_survives_being_killed(
+        git_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+
+    monkeypatch.setenv("OTEL_RUNS_COMMIT_PROCESS", "always")
+    monkeypatch.setenv("OTEL_RUNS_COMMIT_INTERVAL", "600")
+    before = user_state(git_repo)
+    otel_runs.configure(git_repo)
+    ledger = ledger_for(git_repo)
+    ids = []
+    for _ in range(3):
+        with otel_runs.tracked_run(git_repo, "build", "build:docker") as run:
+            ids.append(run.run_id)
+    assert ledger.flush(60)
+    helper = ledger._helper
+    assert helper is not None and helper._proc is not None
+    helper_pid = helper._proc.pid
+    assert helper_pid != os.getpid() and all(on_branch(git_repo, i) for i in ids)
+    os.kill(helper_pid, signal.SIGKILL)
+    helper._proc.wait(timeout=30)
+    for _ in range(3):
+        with otel_runs.tracked_run(git_repo, "build", "build:docker") as run:
+            ids.append(run.run_id)
+    assert ledger.flush(60)  # the dead helper is replaced; the failed batch is retried
+    assert all(on_branch(git_repo, i) for i in ids)
+    assert ledger._helper is not None and ledger._helper._proc is not None
+    assert ledger._helper._proc.pid != helper_pid
+    assert user_state(git_repo) == before

@@ -40,7 +40,7 @@ from typing import Any
 from .._ids import InvalidRunId, validate_run_id
 from ._journal_records import record_run_id, run_dict
 
-__all__ = ["DeadJournal", "JournalWriter", "dead_journals", "process_start_time"]
+__all__ = ["DeadJournal", "JournalWriter", "dead_journals", "encode_line", "process_start_time"]
 
 logger = logging.getLogger("otel_runs.ledger")
 
@@ -59,7 +59,8 @@ def process_start_time(pid: int | None = None) -> int | None:
         return None
 
 
-def _dumps(obj: Any) -> bytes:
+def encode_line(obj: Any) -> bytes:
+    """One journal line: compact JSON and a newline."""
     return (json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=repr)
             + "\n").encode("utf-8")
 
@@ -121,7 +122,7 @@ class JournalWriter:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.write(fd, _dumps(header))
+            os.write(fd, encode_line(header))
             os.replace(tmp, self.directory / f"{writer}.lock")
         except BaseException:
             os.close(fd)
@@ -133,7 +134,7 @@ class JournalWriter:
     def _start_segment_locked(self, segment: int) -> None:
         path = self._segment_path(segment)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-        data = b"".join(_dumps({"e": "start", **rec}) for rec in self._open_runs.values())
+        data = b"".join(encode_line({"e": "start", **rec}) for rec in self._open_runs.values())
         if data:
             _write_all(fd, data)
         if self.fsync:
@@ -149,7 +150,7 @@ class JournalWriter:
 
     def append_start(self, run_id: str, record: dict[str, Any]) -> None:
         """Record that run ``run_id`` started (for crash recovery; never fsynced)."""
-        line = _dumps({"e": "start", **record})
+        line = encode_line({"e": "start", **record})
         with self._lock:
             if self._fd is None:
                 self._open_locked()
@@ -159,10 +160,9 @@ class JournalWriter:
             self._written += 1
             self._open_runs[run_id] = record
 
-    def append_end(self, run_id: str, record: dict[str, Any],
-                   spans: list[dict[str, Any]]) -> int:
-        """Durably record a finished run; return the segment it went to."""
-        line = _dumps({"e": "end", **record, "spans": spans})
+    def append_end(self, run_id: str, line: bytes) -> int:
+        """Durably append ``line`` (an ``end`` record of :func:`encode_line`) for a
+        finished run; return the segment it went to."""
         with self._lock:
             if self._fd is None:
                 self._open_locked()

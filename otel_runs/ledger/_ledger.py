@@ -32,7 +32,7 @@ from .._attributes import RUN_ID
 from .._ids import validate_run_id
 from .._model import Run
 from .._ratelimit import RateLimitedLog
-from ._journal import DeadJournal, JournalWriter, dead_journals
+from ._journal import DeadJournal, JournalWriter, dead_journals, encode_line
 from ._journal_records import raw_span, run_dict
 from ._store import GitStore
 
@@ -43,6 +43,10 @@ _errors = RateLimitedLog(logger)
 
 #: Seconds a finished run may wait before its batch is committed (default 0.5).
 OTEL_RUNS_COMMIT_INTERVAL = "OTEL_RUNS_COMMIT_INTERVAL"
+#: Where batches are committed: ``auto`` (a helper process for batches of at
+#: least ``HELPER_MIN_BATCH`` runs, else a thread of this process), ``always``, ``never``.
+OTEL_RUNS_COMMIT_PROCESS = "OTEL_RUNS_COMMIT_PROCESS"
+HELPER_MIN_BATCH = 100
 DEFAULT_BRANCH = "scp-ledger"
 DEFAULT_TAG_PREFIX = "scp-run/"
 #: Most runs folded into one commit batch.
@@ -51,17 +55,15 @@ MAX_BATCH = 2_000
 RECOVER_INTERVAL = 5.0
 _RETRY_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
 
-Item = tuple[dict[str, Any], list[dict[str, Any]]]
-
-
 class _Pending:
     """A run journaled here, not yet committed; its Run dict is built on demand."""
 
-    __slots__ = ("run_id", "record", "spans", "segment", "_run")
+    __slots__ = ("run_id", "record", "spans", "line", "segment", "_run")
 
     def __init__(self, run_id: str, record: dict[str, Any], spans: list[dict[str, Any]],
-                 segment: int) -> None:
-        self.run_id, self.record, self.spans, self.segment = run_id, record, spans, segment
+                 line: bytes, segment: int) -> None:
+        self.run_id, self.record, self.spans = run_id, record, spans
+        self.line, self.segment = line, segment
         self._run: dict[str, Any] | None = record.get("run")
 
     def run(self) -> dict[str, Any] | None:
@@ -89,6 +91,17 @@ def commit_interval() -> float:
         logger.warning("%s=%r is not a number of seconds >= 0; using 0.5",
                        OTEL_RUNS_COMMIT_INTERVAL, raw)
         return 0.5
+
+
+def commit_process() -> str:
+    """``OTEL_RUNS_COMMIT_PROCESS``: ``auto`` (default), ``always`` or ``never``."""
+    raw = (_settings.env_str(OTEL_RUNS_COMMIT_PROCESS) or "auto").lower()
+    value = {"1": "always", "true": "always", "yes": "always", "on": "always",
+             "0": "never", "false": "never", "no": "never", "off": "never"}.get(raw, raw)
+    if value not in ("auto", "always", "never"):
+        logger.warning("%s=%r is not auto/always/never; using auto", OTEL_RUNS_COMMIT_PROCESS, raw)
+        return "auto"
+    return value
 
 
 def _journal_dir(git_dir: Path, branch: str, tag_prefix: str | None) -> Path:
@@ -140,6 +153,7 @@ class Ledger:
         self.tag_prefix = tag_prefix
         self._durability = _settings.durability(durability)
         self.commit_interval = commit_interval()
+        self.commit_process = commit_process()
         self._store: GitStore | None = self._open_store()
         self.journal_dir = _journal_dir(self._store.git_dir, self.branch, tag_prefix)
         self._journal = JournalWriter(self.journal_dir, fsync=self._durability == "fsync")
@@ -158,6 +172,8 @@ class Ledger:
         self._pending: dict[str, _Pending] = {}
         self._first_pending = 0.0
         self._retry_at = 0.0
+        self._helper: Any = None  # a _journal_helper.CommitHelper once started
+        self._helper_failed = False
         self._thread: threading.Thread | None = None
         self._closed = False
         self._failures = 0
@@ -221,14 +237,15 @@ class Ledger:
     def _end(self, run_id: str, record: dict[str, Any], spans: list[dict[str, Any]]) -> None:
         if self._pid != os.getpid():  # pragma: no cover - the at-fork hook does this
             self._after_fork_in_child()
+        line = encode_line({"e": "end", **record, "spans": spans})
         try:
-            segment = self._journal.append_end(run_id, record, spans)
+            segment = self._journal.append_end(run_id, line)
         except OSError:
             # The journal is unwritable: still commit it from memory, never drop it.
             _errors.exception("journal", "otel-runs: could not journal run %s in %s",
                               run_id, self.journal_dir)
             segment = -1
-        entry = _Pending(run_id, record, spans, segment)
+        entry = _Pending(run_id, record, spans, line, segment)
         with self._cond:
             if not self._pending:
                 self._first_pending = time.monotonic()
@@ -273,6 +290,37 @@ class Ledger:
         self._next_recover = time.monotonic() + RECOVER_INTERVAL
         return written
 
+    def _commit(self, entries: list[_Pending]) -> int:
+        """Write ``entries`` to the branch: in the helper process when the batch
+        is big enough to be worth it (see ``OTEL_RUNS_COMMIT_PROCESS``), else here."""
+        if self._use_helper(len(entries)):
+            helper = self._helper
+            if helper is None:
+                from ._journal_helper import CommitHelper  # (not at import: it is also __main__)
+
+                try:
+                    helper = self._helper = CommitHelper(self.project_root, self.branch,
+                                                         self.tag_prefix)
+                except Exception:
+                    self._helper_failed = True
+                    logger.warning("otel-runs: cannot start the ledger commit helper; "
+                                   "committing in this process", exc_info=True)
+                    helper = None
+            if helper is not None:
+                try:
+                    return helper.write_batch([e.line for e in entries])
+                except Exception:
+                    self._helper = None  # a new helper for the retry
+                    helper.close()
+                    raise
+        items = [(run, e.spans) for e in entries if (run := e.run()) is not None]
+        return self.store.write_batch(items) if items else 0
+
+    def _use_helper(self, batch: int) -> bool:
+        if self._helper_failed or self.commit_process == "never":
+            return False
+        return self.commit_process == "always" or batch >= HELPER_MIN_BATCH
+
     def _recover_one(self, journal: DeadJournal) -> int:
         journal.read()
         items = journal.items()
@@ -293,14 +341,8 @@ class Ledger:
                 batch = list(self._pending.items())[:MAX_BATCH]
             if not batch:
                 return True
-            items: list[Item] = []
-            for _, entry in batch:
-                run = entry.run()
-                if run is not None:
-                    items.append((run, entry.spans))
             try:
-                if items:
-                    self.store.write_batch(items)
+                self._commit([entry for _, entry in batch])
             except Exception:
                 self._failures += 1
                 self._retry_at = time.monotonic() + _RETRY_DELAYS[
@@ -472,6 +514,9 @@ class Ledger:
                            len(self._pending), self.branch, self.journal_dir)
         with self._fold_lock:
             self._journal.close()
+            helper, self._helper = self._helper, None
+            if helper is not None:
+                helper.close()
             with self._store_lock:
                 store, self._store = self._store, None
             if store is not None:
@@ -491,6 +536,8 @@ class Ledger:
         # The parent's thread, locks and journal files are not ours; the store
         # resets its own (its at-fork hook), so start afresh on the next record.
         self._journal.reset_after_fork()
+        if self._helper is not None:
+            self._helper.close()  # in a child: only closes our copies of its pipes
         self._init_runtime()
 
 
