@@ -222,17 +222,19 @@ def test_recent_reads_only_the_newest_commits(git_repo: Path, store: GitStore, m
     before = user_state(git_repo)
     for b in range(40):
         store.write_batch([(make_run(b * 10 + i), []) for i in range(10)])
-    loaded: list[int] = []
-    real = GitStore._commits
+    loaded: list[bytes] = []
+    real = GitStore._remember_commit
 
-    def counting(self, oids):
-        loaded.append(len(oids))
-        return real(self, oids)
+    def counting(self, commit):
+        loaded.append(commit.oid)
+        return real(self, commit)
 
-    monkeypatch.setattr(GitStore, "_commits", counting)
+    monkeypatch.setattr(GitStore, "_remember_commit", counting)
+    store = GitStore(git_repo)  # a fresh reader: nothing cached
     got = store.recent(15)
     assert len(got) == 15
-    assert sum(loaded) <= 3, loaded  # tip + 2 parents of 40 commits
+    assert len(loaded) <= 3, loaded  # tip + 2 parents of 40 commits
+    store.close()
     assert user_state(git_repo) == before
 
 

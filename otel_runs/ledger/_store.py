@@ -12,6 +12,7 @@ Layout and commit format: :mod:`otel_runs.ledger._layout` and docs/ledger-storag
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import errno
 import fcntl
 import heapq
@@ -54,7 +55,6 @@ from ._layout import (
     format_index_line,
     parse_index_lines,
     run_dir,
-    run_path,
 )
 
 __all__ = ["GitStore"]
@@ -65,10 +65,14 @@ logger = logging.getLogger("otel_runs")
 #: reader walking history newest-first stop as soon as nothing older can sort higher.
 MAX_ID_TRAILER = "Otel-Runs-Max-Id"
 _TRAILER_RE = re.compile(rf"^{MAX_ID_TRAILER}: (\S+)$", re.MULTILINE)
+_RUN_FIELDS = tuple(f.name for f in dataclasses.fields(Run))
 _RUN_ID_RE = re.compile(rf"^{RUN_ID_PATTERN}$")
 _UNKNOWN_MAX = "~"  # sorts after every run id: "anything may be below this commit"
 _IDENT = b"otel-runs <otel-runs@localhost>"
 _TREE_CACHE_SIZE = 50_000
+_COMMIT_CACHE_SIZE = 256
+_BLOB_CACHE_SIZE = 4_096
+_HEX_RE = re.compile(r"^[0-9a-f]+$")
 _LOCK_TIMEOUT_S = 60.0
 _MAX_ATTEMPTS = 200
 #: Maintenance cadence (per ledger, counted across processes under the write lock).
@@ -78,7 +82,7 @@ GC_AUTO_EVERY_COMMITS = 250
 
 
 class _Commit:
-    __slots__ = ("oid", "tree", "parents", "time", "lines", "max_id")
+    __slots__ = ("oid", "tree", "parents", "time", "_message", "_lines", "max_id")
 
     def __init__(self, oid: bytes, data: bytes) -> None:
         self.oid = oid
@@ -98,9 +102,17 @@ class _Commit:
                 except (ValueError, IndexError):
                     self.time = 0
         text = message.decode("utf-8", "replace")
-        self.lines = parse_index_lines(text)
-        m = _TRAILER_RE.search(text)
+        self._message = text
+        self._lines: list[IndexLine] | None = None
+        m = _TRAILER_RE.search(text, max(0, len(text) - 200))
         self.max_id = m.group(1) if m and _RUN_ID_RE.match(m.group(1)) else _UNKNOWN_MAX
+
+    @property
+    def lines(self) -> list[IndexLine]:
+        """The runs this commit recorded (parsed on first use)."""
+        if self._lines is None:
+            self._lines = parse_index_lines(self._message)
+        return self._lines
 
 
 def _discover(project_root: str | os.PathLike[str]) -> tuple[Path, str]:
@@ -177,6 +189,8 @@ class GitStore:
         self._write_lock = threading.Lock()
         self._reader: CatFile | None = None
         self._trees: OrderedDict[bytes, dict[str, tuple[bytes, bytes]]] = OrderedDict()
+        self._commit_cache: OrderedDict[bytes, _Commit] = OrderedDict()
+        self._blob_cache: OrderedDict[bytes, bytes] = OrderedDict()
 
     def _cat(self) -> CatFile:
         if self._closed:
@@ -237,25 +251,60 @@ class GitStore:
     # -- object reading ------------------------------------------------------------------------
 
     def _tip(self) -> _Commit | None:
+        """The branch's current commit (read fresh every time; commits themselves are cached)."""
+        if self._closed:
+            raise LedgerError(f"ledger store for {self.git_dir} is closed")
+        try:  # fast path: the loose ref file update-ref just wrote (git reads it the same way)
+            loose = (self.git_dir / self.ref).read_text("ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            loose = ""
+        if len(loose) == 2 * self._oid_len and _HEX_RE.match(loose):
+            commit = self._commits([loose], quiet=True)[0]
+            if commit is not None:
+                return commit
         got = self._cat().read(self.ref)
         if got is None:
             return None
         oid, kind, data = got
         if kind != "commit":
             raise LedgerError(f"{self.ref} in {self.git_dir} points to a {kind}, not a commit")
-        return _Commit(oid, data)
+        return self._remember_commit(_Commit(oid, data))
 
-    def _commits(self, oids: Sequence[str]) -> list[_Commit | None]:
-        out: list[_Commit | None] = []
-        for oid, got in zip(oids, self._cat().read_many(oids), strict=True):
-            if got is None or got[1] != "commit":
-                logger.warning(
-                    "ledger %s: commit %s is missing or not a commit; skipped", self.git_dir, oid
-                )
-                out.append(None)
-            else:
-                out.append(_Commit(got[0], got[2]))
-        return out
+    def _remember_commit(self, commit: _Commit) -> _Commit:
+        self._commit_cache[commit.oid] = commit
+        if len(self._commit_cache) > _COMMIT_CACHE_SIZE:
+            self._commit_cache.popitem(last=False)
+        return commit
+
+    def _commits(self, oids: Sequence[str], quiet: bool = False) -> list[_Commit | None]:
+        """Parsed commits for hex oids (cached; missing ones are None)."""
+        cache = self._commit_cache
+        missing = [o for o in dict.fromkeys(oids) if bytes.fromhex(o) not in cache]
+        if missing:
+            for oid, got in zip(missing, self._cat().read_many(missing), strict=True):
+                if got is not None and got[1] == "commit":
+                    self._remember_commit(_Commit(got[0], got[2]))
+                elif not quiet:
+                    logger.warning(
+                        "ledger %s: commit %s is missing or not a commit; skipped",
+                        self.git_dir,
+                        oid,
+                    )
+        return [cache.get(bytes.fromhex(o)) for o in oids]
+
+    def _blobs(self, oids: Sequence[bytes]) -> list[bytes | None]:
+        """Contents of blobs by binary oid (small LRU cache: blobs never change)."""
+        cache = self._blob_cache
+        missing = [o for o in dict.fromkeys(oids) if o not in cache]
+        if missing:
+            for oid, got in zip(
+                missing, self._cat().read_many([o.hex() for o in missing]), strict=True
+            ):
+                if got is not None and got[1] == "blob":
+                    cache[oid] = got[2]
+                    if len(cache) > _BLOB_CACHE_SIZE:
+                        cache.popitem(last=False)
+        return [cache.get(o) for o in oids]
 
     def _trees_for(self, oids: Sequence[bytes]) -> list[dict[str, tuple[bytes, bytes]] | None]:
         """Parsed trees for binary oids (cached; missing ones are None)."""
@@ -521,7 +570,12 @@ class GitStore:
         commits += 1
         loose_runs += runs
         try:
-            if self.tag_prefix is not None and loose_runs >= PACK_REFS_EVERY_RUNS:
+            try:  # pack-refs rewrites every packed tag: keep its amortized cost per run flat
+                packed = (self.git_dir / "packed-refs").stat().st_size // 80
+            except OSError:
+                packed = 0
+            due = max(PACK_REFS_EVERY_RUNS, packed // 20)
+            if self.tag_prefix is not None and loose_runs >= due:
                 self._run_git("pack-refs")
                 loose_runs = 0
             if commits % REPACK_EVERY_COMMITS == 0:
@@ -547,8 +601,8 @@ class GitStore:
         if data is None:
             return None
         try:
-            raw = json.loads(data)
-            run = Run.from_dict(raw).to_dict()
+            parsed = Run.from_dict(json.loads(data))
+            run = {name: getattr(parsed, name) for name in _RUN_FIELDS}
         except (ValueError, TypeError) as exc:
             logger.warning(
                 "ledger %s: skipping corrupt run file for %s: %s", self.git_dir, run_id, exc
@@ -564,28 +618,47 @@ class GitStore:
             return None
         return run
 
-    def _read_runs(self, rev: str, run_ids: Sequence[str]) -> list[dict[str, Any] | None]:
-        got = self._cat().read_many([f"{rev}:{run_path(r)}" for r in run_ids])
+    def _file_oids(self, tree: str, run_ids: Sequence[str], name: str) -> list[bytes | None]:
+        """Blob ids of ``<run dir>/<name>`` for each run in the tree ``tree`` (hex)."""
+        dirs = [run_dir(r) for r in run_ids]
+        existing = self._resolve_dirs(bytes.fromhex(tree), dirs)
+        out: list[bytes | None] = []
+        for path in dirs:
+            entry = (existing.get(path) or {}).get(name)
+            out.append(entry[1] if entry is not None and entry[0] != TREE_MODE else None)
+        return out
+
+    def _read_runs(self, tree: str, run_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        oids = self._file_oids(tree, run_ids, RUN_FILE)
+        datas = self._blobs([o for o in oids if o is not None])
+        found = iter(datas)
         return [
-            self._load_run(r, g[2] if g is not None and g[1] == "blob" else None)
-            for r, g in zip(run_ids, got, strict=True)
+            self._load_run(r, next(found) if o is not None else None)
+            for r, o in zip(run_ids, oids, strict=True)
         ]
+
+    def _tip_tree(self) -> str | None:
+        tip = self._tip()
+        return tip.tree if tip else None
 
     def get(self, run_id: str) -> dict[str, Any] | None:
         """The run dict recorded for ``run_id`` (validated), or None."""
         run_id = validate_run_id(run_id)
         with self._read_lock:
-            return self._read_runs(self.ref, [run_id])[0]
+            tree = self._tip_tree()
+            return self._read_runs(tree, [run_id])[0] if tree else None
 
     def spans(self, run_id: str) -> list[dict[str, Any]]:
         """Child span dicts recorded with ``run_id`` (validated); bad lines skipped with a warning."""
         run_id = validate_run_id(run_id)
         with self._read_lock:
-            got = self._cat().read(f"{self.ref}:{run_path(run_id, SPANS_FILE)}")
-        if got is None or got[1] != "blob":
+            tree = self._tip_tree()
+            oid = self._file_oids(tree, [run_id], SPANS_FILE)[0] if tree else None
+            data = self._blobs([oid])[0] if oid is not None else None
+        if data is None:
             return []
         out: list[dict[str, Any]] = []
-        for n, line in enumerate(got[2].decode("utf-8", "replace").splitlines(), 1):
+        for n, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -609,11 +682,11 @@ class GitStore:
             tip = self._tip()
             if tip is None:
                 return set()
-            got = self._cat().read_many([f"{tip.oid.hex()}:{run_path(r)}" for r in ids])
-        return {r for r, g in zip(ids, got, strict=True) if g is not None}
+            oids = self._file_oids(tip.tree, ids, RUN_FILE)
+        return {r for r, o in zip(ids, oids, strict=True) if o is not None}
 
     def _index(self) -> Iterator[tuple[str, IndexLine]]:
-        """``(tip oid, index line)`` for every recorded run, by run id descending (lazy).
+        """``(tip tree oid, index line)`` for every recorded run, by run id descending (lazy).
 
         Walks history newest first; a run is yielded once no unvisited commit can hold a larger
         id (each commit's trailer bounds the ids in it and its ancestors).
@@ -622,7 +695,7 @@ class GitStore:
             tip = self._tip()
         if tip is None:
             return
-        rev = tip.oid.hex()
+        rev = tip.tree
         heap: list[_Newest] = []
         counter = 0
         seen_commits: set[bytes] = {tip.oid}
