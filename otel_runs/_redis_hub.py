@@ -17,12 +17,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Any
 
 from ._ratelimit import RateLimitedLog
 from .hub import (
     DEFAULT_BUFFER_SIZE,
     DEFAULT_CLIENT_QUEUE,
+    DEFAULT_SLOW_AFTER,
     RESET_EVENT,
     Event,
     SubscriberDroppedError,
@@ -47,7 +49,8 @@ class RedisHub:
 
     def __init__(self, url: str, *, stream: str = DEFAULT_STREAM_KEY,
                  buffer_size: int = DEFAULT_BUFFER_SIZE,
-                 client_queue: int = DEFAULT_CLIENT_QUEUE) -> None:
+                 client_queue: int = DEFAULT_CLIENT_QUEUE,
+                 slow_after: float = DEFAULT_SLOW_AFTER) -> None:
         try:
             import redis
         except ImportError as exc:  # pragma: no cover - depends on the install
@@ -60,6 +63,7 @@ class RedisHub:
         self.stream = stream
         self.buffer_size = buffer_size
         self.client_queue = client_queue
+        self.slow_after = slow_after
         self._redis = redis.Redis.from_url(
             url, socket_timeout=_SOCKET_TIMEOUT, socket_connect_timeout=_SOCKET_TIMEOUT)
         self._outbox: queue.Queue[tuple[str, str] | None] = queue.Queue(_PUBLISH_QUEUE)
@@ -116,8 +120,6 @@ class RedisHub:
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait (bounded) until queued ``publish_nowait`` events are sent."""
-        import time
-
         deadline = time.monotonic() + timeout
         while self._outbox.unfinished_tasks and time.monotonic() < deadline:
             if self._sender is None or not self._sender.is_alive():
@@ -209,6 +211,7 @@ class _RedisSubscription:
         self.cursor = cursor
         #: Events up to here are a replay: read in chunks, not a reason to drop.
         self.replay_until = replay_until
+        self.last_read = time.monotonic()
         self.pending_reset = reset
         self.closed = False
         self._conn = redis.Redis.from_url(hub.url, socket_connect_timeout=_SOCKET_TIMEOUT)
@@ -230,7 +233,14 @@ class _RedisSubscription:
                                  count=limit if replaying else limit + 1, block=block_ms)
         entries = reply[0][1] if reply else []
         if len(entries) > limit:
-            raise SubscriberDroppedError(f"reader fell more than {limit} events behind")
+            away = time.monotonic() - self.last_read
+            if away > self.hub.slow_after:
+                raise SubscriberDroppedError(
+                    f"reader fell more than {limit} events behind and was away {away:.1f}s")
+            if self.hub._too_old(parse_event_id(self.cursor) or (0, 0), self.hub._info()):
+                raise SubscriberDroppedError("reader fell behind the trimmed stream")
+            entries = entries[:limit]  # a busy reader: hand out the backlog in chunks
+        self.last_read = time.monotonic()
         events: list[Event] = []
         for raw_id, fields in entries:
             event_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)

@@ -14,14 +14,18 @@ Runs are read through the ledger API only. Every error is JSON. The optional
 App config (``app.config``, defaults set at registration):
 ``OTEL_RUNS_SSE_HEARTBEAT`` (15.0 s between heartbeat comments),
 ``OTEL_RUNS_SSE_BUFFER`` (1000 events kept for replay),
-``OTEL_RUNS_SSE_CLIENT_QUEUE`` (256 events a client may lag before it is dropped),
-``OTEL_RUNS_SSE_RETRY_MS`` (2000, the browser's reconnect delay).
+``OTEL_RUNS_SSE_CLIENT_QUEUE`` (256 events a client may lag before it is dropped...),
+``OTEL_RUNS_SSE_SLOW_AFTER`` (...once its stream has not come back for 2.0 s),
+``OTEL_RUNS_SSE_RETRY_MS`` (2000, the browser's reconnect delay),
+``OTEL_RUNS_SSE_LINGER`` (0.05 s: the least time a stream waits after a write, so
+the events of a burst are sent together; see :data:`STREAM_WAKEUPS_PER_SECOND`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -209,31 +213,48 @@ def events() -> Response:
     last_id = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or None
     heartbeat = float(current_app.config["OTEL_RUNS_SSE_HEARTBEAT"])
     retry_ms = int(current_app.config["OTEL_RUNS_SSE_RETRY_MS"])
+    linger = float(current_app.config["OTEL_RUNS_SSE_LINGER"])
     try:
         sub = hub.subscribe(last_id)
     except Exception as exc:
         logger.warning("otel-runs: cannot subscribe to the event hub: %s", exc)
         raise ApiError(503, f"the event hub is not available: {exc}") from None
-    resp = Response(_stream(sub, heartbeat, retry_ms), mimetype="text/event-stream")
+    resp = Response(_stream(hub, sub, heartbeat, retry_ms, linger), mimetype="text/event-stream")
     resp.headers["Cache-Control"] = "no-store"
     resp.headers["X-Accel-Buffering"] = "no"
     return resp
 
 
-def _stream(sub: Any, heartbeat: float, retry_ms: int) -> Iterator[str]:
+#: All streams of a hub together wake up at most about this often per second.
+STREAM_WAKEUPS_PER_SECOND = 200.0
+_MAX_LINGER = 1.0
+
+
+def _stream(hub: Hub, sub: Any, heartbeat: float, retry_ms: int,
+            linger: float) -> Iterator[bytes]:
     """Yield SSE frames until the client goes (the server's write fails and closes
-    this generator), the reader is dropped, or the hub closes."""
+    this generator), the reader is dropped, or the hub closes.
+
+    After each write the reader sleeps at least ``linger`` seconds (longer with
+    many streams: ``streams / STREAM_WAKEUPS_PER_SECOND``, at most 1 s), so the
+    events published meanwhile go out in one write: the fan-out cost per second
+    stays flat as clients are added, at the price of that much latency.
+    """
     try:
-        yield f"retry: {retry_ms}\n: connected\n\n"
+        yield f"retry: {retry_ms}\n: connected\n\n".encode()
         while True:
             try:
                 batch = sub.next_batch(heartbeat)
             except SubscriberDroppedError:
                 return
             if batch:
-                yield "".join(ev.to_sse() for ev in batch)
+                yield b"".join(ev.frame for ev in batch)
+                pause = max(linger, min(_MAX_LINGER,
+                                        hub.subscriber_count / STREAM_WAKEUPS_PER_SECOND))
+                if pause > 0:
+                    time.sleep(pause)
             else:
-                yield ": heartbeat\n\n"
+                yield b": heartbeat\n\n"
     finally:
         sub.close()
 
@@ -265,11 +286,14 @@ def register(app: Flask, state: Any) -> None:
     app.config.setdefault("OTEL_RUNS_SSE_HEARTBEAT", 15.0)
     app.config.setdefault("OTEL_RUNS_SSE_BUFFER", 1000)
     app.config.setdefault("OTEL_RUNS_SSE_CLIENT_QUEUE", 256)
+    app.config.setdefault("OTEL_RUNS_SSE_SLOW_AFTER", 2.0)
     app.config.setdefault("OTEL_RUNS_SSE_RETRY_MS", 2000)
+    app.config.setdefault("OTEL_RUNS_SSE_LINGER", 0.05)
     hub: Hub | None = state.extra.get("hub")
     if hub is None:
         hub = hub_from_settings(buffer_size=int(app.config["OTEL_RUNS_SSE_BUFFER"]),
-                                client_queue=int(app.config["OTEL_RUNS_SSE_CLIENT_QUEUE"]))
+                                client_queue=int(app.config["OTEL_RUNS_SSE_CLIENT_QUEUE"]),
+                                slow_after=float(app.config["OTEL_RUNS_SSE_SLOW_AFTER"]))
         state.extra["hub"] = hub
     if "sse_processor" not in state.extra:
         from . import _setup

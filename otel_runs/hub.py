@@ -3,8 +3,10 @@
 ``hub.publish("run:started", data)`` appends an event to a ring buffer and wakes
 the stream readers; it never waits for a client. Each reader follows the buffer
 with its own cursor, so a slow or stalled client costs no memory of its own: when
-it falls more than ``client_queue`` events behind it is dropped, and its browser
-reconnects with ``Last-Event-ID`` and replays what it missed from the buffer.
+it is more than ``client_queue`` events behind and has not come back for
+``slow_after`` seconds (its thread was stuck writing to a stalled socket), or its
+cursor left the buffer, it is dropped; its browser reconnects with
+``Last-Event-ID`` and replays what it missed from the buffer.
 
 Event ids look like ``<epoch>-<seq>`` (the Redis Streams form) and compare as
 integer pairs. In-process, ``epoch`` is the hub's start time in milliseconds, so
@@ -22,6 +24,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import islice
 from typing import Any, Protocol
 
@@ -30,6 +33,7 @@ from . import _settings
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
     "DEFAULT_CLIENT_QUEUE",
+    "DEFAULT_SLOW_AFTER",
     "RESET_EVENT",
     "Event",
     "EventHub",
@@ -46,6 +50,10 @@ __all__ = [
 DEFAULT_BUFFER_SIZE = 1000
 #: How far (in events) a reader may fall behind before it is dropped.
 DEFAULT_CLIENT_QUEUE = 256
+#: A reader more than ``client_queue`` events behind is dropped once it has not
+#: come back for this many seconds (it is stuck writing to a stalled client);
+#: a reader that is merely busy gets the backlog in chunks.
+DEFAULT_SLOW_AFTER = 2.0
 #: The event type telling a client its ``Last-Event-ID`` is too old: reload.
 RESET_EVENT = "reset"
 
@@ -87,6 +95,11 @@ class Event:
     def to_sse(self) -> str:
         """The event in ``text/event-stream`` framing."""
         return f"event: {self.type}\nid: {self.id}\ndata: {self.data}\n\n"
+
+    @cached_property
+    def frame(self) -> bytes:
+        """:meth:`to_sse` as UTF-8, encoded once for every stream."""
+        return self.to_sse().encode()
 
     def json(self) -> Any:
         """``data`` decoded."""
@@ -137,7 +150,8 @@ class EventHub:
     """
 
     def __init__(self, buffer_size: int = DEFAULT_BUFFER_SIZE,
-                 client_queue: int = DEFAULT_CLIENT_QUEUE) -> None:
+                 client_queue: int = DEFAULT_CLIENT_QUEUE,
+                 slow_after: float = DEFAULT_SLOW_AFTER) -> None:
         if buffer_size < 1 or client_queue < 1:
             raise ValueError("buffer_size and client_queue must be >= 1")
         if client_queue > buffer_size:
@@ -146,6 +160,7 @@ class EventHub:
                 "a dropped client must be able to catch up from the buffer")
         self.buffer_size = buffer_size
         self.client_queue = client_queue
+        self.slow_after = slow_after
         self.epoch = time.time_ns() // 1_000_000
         self._seq = 0
         self._buffer: deque[tuple[int, Event]] = deque(maxlen=buffer_size)
@@ -227,18 +242,23 @@ class EventHub:
                     oldest = self._buffer[0][0]
                     if sub.cursor < oldest - 1:
                         raise SubscriberDroppedError("reader fell behind the replay buffer")
-                    if lag > self.client_queue and sub.cursor >= sub.replay_until:
-                        raise SubscriberDroppedError(f"reader fell {lag} events behind")
+                    if (lag > self.client_queue and sub.cursor >= sub.replay_until
+                            and time.monotonic() - sub.last_read > self.slow_after):
+                        raise SubscriberDroppedError(
+                            f"reader fell {lag} events behind and was away "
+                            f"{time.monotonic() - sub.last_read:.1f}s")
                     count = min(lag, self.client_queue)
                     if count == lag:
                         events = [ev for _, ev in _newest(self._buffer, count)]
-                    else:  # replaying after Last-Event-ID: hand out one chunk at a time
+                    else:  # replay, or a burst: hand out one chunk at a time
                         start = sub.cursor + 1 - oldest
                         events = [ev for _, ev in islice(self._buffer, start, start + count)]
                     sub.cursor += count
+                    sub.last_read = time.monotonic()
                     return events
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    sub.last_read = time.monotonic()
                     return []
                 self._cond.wait(remaining)
 
@@ -267,6 +287,7 @@ class _LocalSubscription:
         self.cursor = cursor
         #: Events up to here are a replay: read in chunks, not a reason to drop.
         self.replay_until = hub._seq
+        self.last_read = time.monotonic()
         self.pending_reset = reset
         self.closed = False
 
@@ -278,14 +299,16 @@ class _LocalSubscription:
 
 
 def hub_from_settings(buffer_size: int = DEFAULT_BUFFER_SIZE,
-                      client_queue: int = DEFAULT_CLIENT_QUEUE) -> Hub:
+                      client_queue: int = DEFAULT_CLIENT_QUEUE,
+                      slow_after: float = DEFAULT_SLOW_AFTER) -> Hub:
     """The Redis hub when ``OTEL_RUNS_REDIS_URL`` is set, else a new :class:`EventHub`."""
     url = redis_url()
     if url:
         from ._redis_hub import RedisHub
 
-        return RedisHub(url, buffer_size=buffer_size, client_queue=client_queue)
-    return EventHub(buffer_size=buffer_size, client_queue=client_queue)
+        return RedisHub(url, buffer_size=buffer_size, client_queue=client_queue,
+                        slow_after=slow_after)
+    return EventHub(buffer_size=buffer_size, client_queue=client_queue, slow_after=slow_after)
 
 
 def get_hub(app: Any = None) -> Hub:

@@ -119,7 +119,7 @@ def test_last_event_id_equal_to_newest_replays_nothing() -> None:
 
 
 def test_a_reader_that_falls_too_far_behind_is_dropped_and_catches_up_by_id() -> None:
-    hub = EventHub(buffer_size=100, client_queue=10)
+    hub = EventHub(buffer_size=100, client_queue=10, slow_after=0.0)
     sub = hub.subscribe()
     seen = [hub.publish("e", 0)]
     assert [e.id for e in sub.next_batch(1.0)] == seen
@@ -130,6 +130,26 @@ def test_a_reader_that_falls_too_far_behind_is_dropped_and_catches_up_by_id() ->
     assert hub.subscriber_count == 0
     again = hub.subscribe(seen[-1])  # what a browser does on reconnect
     assert [e.id for e in _drain(again)] == ids
+
+
+def test_a_busy_reader_gets_a_burst_in_chunks_instead_of_being_dropped() -> None:
+    hub = EventHub(buffer_size=100, client_queue=10, slow_after=60.0)
+    sub = hub.subscribe()
+    ids = [hub.publish("e", i) for i in range(35)]  # a burst while the reader was busy
+    batches = []
+    while len(sum(batches, [])) < 35:
+        batches.append(sub.next_batch(1.0))
+    assert [len(b) for b in batches] == [10, 10, 10, 5]
+    assert [e.id for e in sum(batches, [])] == ids
+
+
+def test_a_reader_whose_cursor_left_the_buffer_is_dropped_even_if_busy() -> None:
+    hub = EventHub(buffer_size=20, client_queue=10, slow_after=60.0)
+    sub = hub.subscribe()
+    for i in range(50):
+        hub.publish("e", i)
+    with pytest.raises(SubscriberDroppedError, match="buffer"):
+        sub.next_batch(1.0)
 
 
 def test_publishing_never_waits_for_a_stalled_reader() -> None:

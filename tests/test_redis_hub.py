@@ -103,7 +103,7 @@ def test_trimmed_or_unknown_ids_get_reset(redis_url: str) -> None:
 def test_a_lagging_reader_is_dropped(redis_url: str) -> None:
     from otel_runs.hub import SubscriberDroppedError
 
-    hub = RedisHub(redis_url, buffer_size=200, client_queue=5)
+    hub = RedisHub(redis_url, buffer_size=200, client_queue=5, slow_after=0.0)
     sub = hub.subscribe()
     for i in range(20):
         hub.publish("tick", i)
@@ -111,6 +111,16 @@ def test_a_lagging_reader_is_dropped(redis_url: str) -> None:
         sub.next_batch(1.0)
     sub.close()
     assert hub.subscriber_count == 0
+
+
+def test_a_busy_reader_gets_a_burst_in_chunks(redis_url: str) -> None:
+    hub = RedisHub(redis_url, buffer_size=200, client_queue=5, slow_after=60.0)
+    sub = hub.subscribe()
+    ids = [hub.publish("tick", i) for i in range(12)]
+    sizes = [len(sub.next_batch(1.0)) for _ in range(3)]
+    assert sizes == [5, 5, 2]
+    sub.close()
+    assert ids
 
 
 def test_publish_nowait_never_blocks_when_redis_is_down() -> None:

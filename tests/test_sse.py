@@ -202,7 +202,8 @@ def test_disconnected_client_is_cleaned_up(tmp_path: Path, live_server, clients)
 
 def test_stalled_client_never_blocks_runs_and_catches_up_by_last_event_id(
         tmp_path: Path, live_server, clients) -> None:
-    app = make_app(tmp_path, OTEL_RUNS_SSE_BUFFER=400, OTEL_RUNS_SSE_CLIENT_QUEUE=10)
+    app = make_app(tmp_path, OTEL_RUNS_SSE_BUFFER=400, OTEL_RUNS_SSE_CLIENT_QUEUE=10,
+                   OTEL_RUNS_SSE_SLOW_AFTER=0.2)
     srv = live_server(app)
     hub = get_hub(app)
     # A client that connects and then stops reading (tiny receive buffer).

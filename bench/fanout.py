@@ -1,0 +1,322 @@
+"""Live-feed fan-out: 100 SSE clients, 1,000 runs, against a real server process.
+
+    python bench/fanout.py [--clients 100] [--runs 1000] [--posters 4] [--seconds 120] [--no-ledger]
+
+A threaded werkzeug server (``make_server(threaded=True)``, one thread per
+connection: it can hold 100 streams) runs in a child process with
+``RunTracking`` and the git ledger on a fresh temp repository. The clients run in
+another child process (one thread per stream, raw sockets, reconnecting with
+``Last-Event-ID`` like a browser if the server drops them). Phases, side by side:
+
+  none  POST ``--runs`` tracked requests with no stream connected
+  fan   the same with ``--clients`` streams connected; every client must receive
+        ``run:started`` and ``run:completed`` of every run exactly once
+  none  again (the baseline is the mean of both ``none`` phases)
+
+Prints tracked requests/s of each phase, the ratio fan/none (goal >= 0.9), and
+p50/p99 delivery latency (publish time in the event -> received by a client;
+sampled: one event in ten per client).
+Loops are bounded by count and by ``--seconds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing as mp
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SERVER = textwrap.dedent('''
+    import logging, sys
+    from flask import Flask
+    from werkzeug.serving import make_server
+    import otel_runs
+    from otel_runs import api
+    from otel_runs.flask import RunTracking
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    port, root, ledger = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
+    app = Flask("bench")
+    app.config["PROJECT_ROOT"] = root
+    if sys.argv[4] != "default":
+        app.config["OTEL_RUNS_SSE_LINGER"] = float(sys.argv[4])
+
+    @app.post("/run")
+    @otel_runs.run_tracked("deploy", "deploy:k8s")
+    def run():
+        return {"ok": True, "summary": "deployed web to staging"}
+
+    RunTracking(app, ledger=ledger)
+    api.register(app, app.extensions["otel_runs"])
+    make_server("127.0.0.1", port, app, threaded=True).serve_forever()
+''')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """The bench app in a child process on 127.0.0.1."""
+
+    def __init__(self, workdir: Path, ledger: bool = True, linger: float | None = None) -> None:
+        self.root = workdir / "project"
+        self.root.mkdir()
+        env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@example.com",
+               "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@example.com"}
+        subprocess.run(["git", "init", "-q", "-b", "main"], cwd=self.root, check=True, env=env)
+        (self.root / "README").write_text("bench\n")
+        subprocess.run(["git", "add", "README"], cwd=self.root, check=True, env=env)
+        subprocess.run(["git", "commit", "-q", "-m", "init"], cwd=self.root, check=True, env=env)
+        script = workdir / "server.py"
+        script.write_text(SERVER)
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), str(self.port), str(self.root), "1" if ledger else "0",
+             "default" if linger is None else str(linger)],
+            env={**env, "PYTHONPATH": str(ROOT), "OTEL_RUNS_PROJECT_ROOT": str(self.root)})
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server exited with {self.proc.returncode}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("server did not start") from None
+                time.sleep(0.05)
+
+    def rss_kb(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def cpu_seconds(self) -> float:
+        return _cpu_seconds(self.proc.pid)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def post_runs(port: int, count: int, posters: int, deadline: float) -> tuple[float, list[str]]:
+    """POST ``count`` tracked requests from ``posters`` threads; (requests/s, run ids)."""
+    ids: list[str] = []
+    lock = threading.Lock()
+    remaining = [count]
+
+    def worker() -> None:
+        while time.monotonic() < deadline:
+            with lock:
+                if remaining[0] <= 0:
+                    return
+                remaining[0] -= 1
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("POST", "/run")
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 200:
+                raise SystemExit(f"POST /run answered {resp.status}")
+            with lock:
+                ids.append(resp.getheader("X-Run-Id") or "")
+            conn.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(posters)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    if len(ids) < count:
+        raise SystemExit(f"only {len(ids)}/{count} requests within the time limit")
+    return len(ids) / elapsed, ids
+
+
+# -- the clients (a child process) ------------------------------------------------
+
+def _iso_to_epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+class _Stream:
+    """One SSE connection read without blocking; reconnects with Last-Event-ID."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.seen: list[tuple[str, str]] = []
+        self.latencies: list[float] = []
+        self.last_id: str | None = None
+        self.reconnects = -1
+        self.connected = False
+        self.sock: socket.socket | None = None
+        self.buf = b""
+        self.etype: str | None = None
+        self.eid: str | None = None
+
+    def connect(self) -> socket.socket:
+        self.reconnects += 1
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+        header = f"Last-Event-ID: {self.last_id}\r\n" if self.last_id else ""
+        sock.sendall(f"GET /api/events HTTP/1.1\r\nHost: b\r\n{header}\r\n".encode())
+        sock.setblocking(False)
+        self.sock, self.buf = sock, b""
+        return sock
+
+    def feed(self, chunk: bytes, now: float) -> None:
+        self.buf += chunk
+        if not self.connected and b": connected" in self.buf:
+            self.connected = True
+        *lines, self.buf = self.buf.split(b"\n")
+        for line in lines:
+            if line.startswith(b"event: "):
+                self.etype = line[7:].decode()
+            elif line.startswith(b"id: "):
+                self.eid = line[4:].decode()
+            elif line.startswith(b"data: ") and self.etype in ("run:started", "run:completed"):
+                # Cheap run_id read (it is the first key); full parse for 1 in 10 events.
+                if line.startswith(b'data: {"run_id":"') and line[47:48] == b'"':
+                    run_id = line[17:47].decode()
+                    run = None
+                else:
+                    run = json.loads(line[6:])
+                    run_id = run["run_id"]
+                self.seen.append((self.etype, run_id))
+                if len(self.seen) % 10 == 1:
+                    run = run or json.loads(line[6:])
+                    stamp = run["started_at"] if self.etype == "run:started" else run["ended_at"]
+                    self.latencies.append(now - _iso_to_epoch(stamp))
+                self.last_id = self.eid
+
+
+def clients_main(port: int, clients: int, expected: int, seconds: float, conn: Any) -> None:
+    """Child process: ``clients`` streams in one selector loop; sends back what each saw."""
+    import selectors
+
+    deadline = time.monotonic() + seconds
+    sel = selectors.DefaultSelector()
+    streams = [_Stream(port) for _ in range(clients)]
+    for st in streams:
+        sel.register(st.connect(), selectors.EVENT_READ, st)
+    told_ready = False
+    while time.monotonic() < deadline:
+        if not told_ready and all(st.connected for st in streams):
+            conn.send("ready")
+            told_ready = True
+        if all(len(st.seen) >= expected for st in streams):
+            break
+        for key, _ in sel.select(timeout=0.5):
+            st = key.data
+            try:
+                chunk = key.fileobj.recv(1 << 16)
+            except BlockingIOError:
+                continue
+            except OSError:
+                chunk = b""
+            if chunk:
+                st.feed(chunk, time.time())
+            else:  # dropped by the server: reconnect like a browser
+                sel.unregister(key.fileobj)
+                key.fileobj.close()
+                if len(st.seen) < expected:
+                    sel.register(st.connect(), selectors.EVENT_READ, st)
+    if not told_ready:
+        conn.send("not ready")
+    conn.send([(st.seen, st.latencies, st.reconnects) for st in streams])
+    for st in streams:
+        if st.sock is not None:
+            st.sock.close()
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--posters", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--no-ledger", action="store_true", help="configure(ledger=False)")
+    parser.add_argument("--linger", type=float, default=None,
+                        help="OTEL_RUNS_SSE_LINGER for the server (default: the shipped default)")
+    args = parser.parse_args()
+    deadline = time.monotonic() + args.seconds * 3
+
+    with tempfile.TemporaryDirectory(prefix="otel-runs-fanout-", ignore_cleanup_errors=True) as tmp:
+        server = Server(Path(tmp), ledger=not args.no_ledger, linger=args.linger)
+        try:
+            post_runs(server.port, 100, args.posters, deadline)  # warm-up
+            cpu0 = server.cpu_seconds()
+            none_1, _ = post_runs(server.port, args.runs, args.posters, deadline)
+            cpu_none = server.cpu_seconds() - cpu0
+
+            parent, child = mp.Pipe()
+            proc = mp.get_context("spawn").Process(
+                target=clients_main,
+                args=(server.port, args.clients, 2 * args.runs, args.seconds, child))
+            proc.start()
+            if not parent.poll(60) or parent.recv() != "ready":
+                raise SystemExit("clients did not connect")
+            cpu0, client_cpu0 = server.cpu_seconds(), _cpu_seconds(proc.pid)
+            fan, run_ids = post_runs(server.port, args.runs, args.posters, deadline)
+            cpu_fan = server.cpu_seconds() - cpu0
+            client_cpu = _cpu_seconds(proc.pid) - client_cpu0
+            if not parent.poll(args.seconds + 30):
+                raise SystemExit("clients did not finish")
+            results = parent.recv()
+            proc.join(30)
+
+            none_2, _ = post_runs(server.port, args.runs, args.posters, deadline)
+        finally:
+            server.stop()
+
+    expected = {(t, r) for r in run_ids for t in ("run:started", "run:completed")}
+    exact = sum(1 for seen, _, _ in results if len(seen) == len(expected) and set(seen) == expected)
+    latencies = [lat for _, lats, _ in results for lat in lats]
+    reconnects = sum(r for _, _, r in results)
+    baseline = (none_1 + none_2) / 2
+    print(f"server: werkzeug threaded, ledger={'off' if args.no_ledger else 'on'}; "
+          f"{args.clients} clients, {args.runs} runs, {args.posters} posting threads")
+    print(f"clients receiving every event exactly once: {exact}/{args.clients} "
+          f"(reconnects after a drop: {reconnects})")
+    if latencies:
+        print(f"delivery latency: p50 {pct(latencies, 50) * 1000:.1f} ms, "
+              f"p99 {pct(latencies, 99) * 1000:.1f} ms over {len(latencies)} deliveries")
+    print(f"tracked requests/s: none {none_1:.0f} / {none_2:.0f} (mean {baseline:.0f}), "
+          f"with {args.clients} streams {fan:.0f}")
+    print(f"server CPU per run: none {cpu_none / args.runs * 1000:.2f} ms, with streams "
+          f"{cpu_fan / args.runs * 1000:.2f} ms; client process CPU while posting: {client_cpu:.1f} s "
+          f"(the clients share this {os.cpu_count()}-core machine)")
+    print(f"RATIO with-streams/none = {fan / baseline:.2f} (goal >= 0.9)")
+
+
+if __name__ == "__main__":
+    main()
