@@ -32,14 +32,15 @@ logger = logging.getLogger("otel_runs.ledger")
 class CommitHelper:
     """The recording side: one helper process for one ledger (branch)."""
 
-    def __init__(self, project_root: str, branch: str, tag_prefix: str | None) -> None:
+    def __init__(self, project_root: str, branch: str, tag_prefix: str | None, *,
+                 fsync: bool = True) -> None:
         package_parent = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "otel_runs.ledger._journal_helper", project_root, branch,
-             json.dumps(tag_prefix)],
+             json.dumps(tag_prefix), "fsync" if fsync else "nofsync"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         self.pid = os.getpid()
         answer = self._read_line()
@@ -99,13 +100,13 @@ class CommitHelper:
                 proc.stdout.close()
 
 
-def _serve(project_root: str, branch: str, tag_prefix: str | None) -> None:
+def _serve(project_root: str, branch: str, tag_prefix: str | None, fsync: bool) -> None:
     from ._journal_records import run_dict
     from ._store import GitStore
 
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     try:
-        store = GitStore(project_root, branch=branch, tag_prefix=tag_prefix)
+        store = GitStore(project_root, branch=branch, tag_prefix=tag_prefix, fsync=fsync)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which falls back
         stdout.write(f"ERR {exc}".replace("\n", " ").encode() + b"\n")
         stdout.flush()
@@ -140,4 +141,4 @@ def _serve(project_root: str, branch: str, tag_prefix: str | None) -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    _serve(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))
+    _serve(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4] == "fsync")

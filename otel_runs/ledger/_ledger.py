@@ -162,7 +162,11 @@ class Ledger:
         self.recover()
 
     def _open_store(self) -> GitStore:
-        return GitStore(self.project_root, branch=self.branch, tag_prefix=self.tag_prefix)
+        # Packs are fsynced only in fsync mode: in journal mode the journal is what
+        # survives a crash, and a pack fsync would stall request threads' journal
+        # appends (ext4 commits its journal for the whole file system).
+        return GitStore(self.project_root, branch=self.branch, tag_prefix=self.tag_prefix,
+                        fsync=self._durability == "fsync")
 
     def _init_runtime(self) -> None:
         self._pid = os.getpid()
@@ -190,6 +194,13 @@ class Ledger:
     def durability(self, value: str) -> None:
         self._durability = _settings.durability(value)
         self._journal.fsync = self._durability == "fsync"
+        store = self._store
+        if store is not None:
+            store.fsync = self._durability == "fsync"
+        helper, self._helper = self._helper, None  # the next one gets the new mode
+        if helper is not None:
+            with self._fold_lock:
+                helper.close()
 
     def __repr__(self) -> str:
         return f"<Ledger {self.project_root} branch={self.branch} durability={self._durability}>"
@@ -300,7 +311,8 @@ class Ledger:
 
                 try:
                     helper = self._helper = CommitHelper(self.project_root, self.branch,
-                                                         self.tag_prefix)
+                                                         self.tag_prefix,
+                                                         fsync=self._durability == "fsync")
                 except Exception:
                     self._helper_failed = True
                     logger.warning("otel-runs: cannot start the ledger commit helper; "
