@@ -92,7 +92,7 @@ class Run:
     @classmethod
     def from_span(cls, span: ReadableSpan) -> Run:
         """Build a Run from a run span (running if the span has not ended)."""
-        attrs = span.attributes or {}
+        attrs = dict(span.attributes or {})  # one copy: plain dict lookups from here on
         run_id = attrs.get(A.RUN_ID)
         run_type = attrs.get(A.RUN_TYPE)
         if not isinstance(run_id, str) or not isinstance(run_type, str):

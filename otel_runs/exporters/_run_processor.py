@@ -8,6 +8,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from .. import _attributes as A
+from .._context import local_run_id
 from .._model import Run
 from .._ratelimit import RateLimitedLog
 
@@ -105,10 +106,9 @@ class RunContextSpanProcessor(SpanProcessor):
     """Stamps every span opened inside a run with the run's id (``run.id``)."""
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        from .._context import local_run_id
-
-        if span.attributes and A.RUN_TYPE in span.attributes:
-            return
         run_id = local_run_id(parent_context)
-        if run_id is not None:
-            span.set_attribute(A.RUN_ID, run_id)
+        if run_id is None:  # the common case (spans outside runs): no attribute access
+            return
+        if span.attributes and A.RUN_TYPE in span.attributes:
+            return  # a nested run carries its own id
+        span.set_attribute(A.RUN_ID, run_id)
