@@ -5,6 +5,7 @@ from __future__ import annotations
 import calendar
 import re
 import secrets
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -21,23 +22,43 @@ class InvalidRunId(ValueError):
 
 
 _stamp_cache: tuple[int, str] = (-1, "")
+_last: tuple[int, int] = (-1, 0)  # (ms, random part) of the previous id
+_last_lock = threading.Lock()
+
+
+def _suffix(ms: int) -> tuple[int, int]:
+    """The random part for a new id in millisecond ``ms``: fresh random bits in a new
+    millisecond, the previous value plus one within the same millisecond (as ULID's
+    monotonic mode), so ids made by one process sort in creation order."""
+    global _last
+    with _last_lock:
+        last_ms, last_rnd = _last
+        if ms == last_ms and last_rnd + 1 < 1 << 40:
+            rnd = last_rnd + 1
+        else:
+            rnd = secrets.randbits(39)  # headroom for increments within one ms
+        if ms >= last_ms:  # an explicit earlier time does not reset the sequence
+            _last = (ms, rnd)
+    return ms, rnd
 
 
 def new_run_id(at: datetime | int | None = None) -> str:
-    """A new run id for a run starting at ``at`` (a datetime or ``time.time_ns()``;
-    default: now)."""
+    """A new run id for a run starting at ``at`` (a datetime or a ``time_ns()``
+    value; default: now). Ids made by one process for the current time sort in
+    creation order, even within one millisecond."""
     global _stamp_cache
     if isinstance(at, datetime):
         at = at.astimezone(timezone.utc)
         ns = int(calendar.timegm(at.timetuple())) * 1_000_000_000 + at.microsecond * 1000
     else:
         ns = time.time_ns() if at is None else at
-    sec, rem = divmod(ns, 1_000_000_000)
+    ms, rnd = _suffix(ns // 1_000_000)
+    sec, rem = divmod(ms, 1000)
     cached_sec, prefix = _stamp_cache
     if cached_sec != sec:
         prefix = time.strftime("%Y%m%dT%H%M%S", time.gmtime(sec))
         _stamp_cache = (sec, prefix)
-    return f"{prefix}{rem // 1_000_000:03d}Z-{secrets.token_hex(5)}"
+    return f"{prefix}{rem:03d}Z-{rnd:010x}"
 
 
 def validate_run_id(run_id: object) -> str:

@@ -14,12 +14,23 @@ from otel_runs._ids import run_id_time
 def test_run_ids_are_unique_sortable_url_safe_and_short() -> None:
     ids = [new_run_id() for _ in range(5000)]
     assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)  # strictly in creation order within a process, even in a burst
     assert all(re.fullmatch(r"[0-9A-Za-z_-]+", i) for i in ids)
     assert all(len(i) <= 30 for i in ids)
     early = new_run_id(datetime(2026, 1, 1, tzinfo=timezone.utc))
     late = new_run_id(datetime(2026, 1, 1, 0, 0, 0, 1000, tzinfo=timezone.utc))
     assert early < late < ids[0]
     assert run_id_time(late) == datetime(2026, 1, 1, 0, 0, 0, 1000, tzinfo=timezone.utc)
+
+
+def test_runs_started_in_a_burst_sort_in_start_order(collector) -> None:  # noqa: ANN001
+    ids = []
+    for _ in range(200):
+        with tracked_run(None, "git", "git:commit") as run:
+            ids.append(run.run_id)
+    assert ids == sorted(ids)
+    for run in collector.ended:  # the id's time is the span's start time
+        assert run_id_time(run.run_id).strftime("%Y-%m-%dT%H:%M:%S.%f")[:23] == run.started_at[:23]
 
 
 @pytest.mark.parametrize("bad", [

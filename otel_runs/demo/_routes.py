@@ -22,7 +22,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from .._tracking import current_run
-from ._tools import demo_state, fail_requested, payload, run_command, simulate
+from ._tools import _event, _note, demo_state, fail_requested, payload, run_command, simulate
 from ._vault import CIPHER, InvalidToken, Vault, decrypt, encrypt, parse_env
 
 __all__ = ["DEFAULT_PASSPHRASE", "actions_blueprint"]
@@ -31,18 +31,6 @@ DEFAULT_PASSPHRASE = "correct horse battery staple"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 actions_blueprint = Blueprint("demo", __name__)
-
-
-def _note(**metadata: Any) -> None:
-    run = current_run()
-    if run is not None:
-        run.metadata.update(metadata)
-
-
-def _event(name: str, **attributes: Any) -> None:
-    run = current_run()
-    if run is not None:
-        run.add_event(name, **attributes)
 
 
 def _project() -> Path:

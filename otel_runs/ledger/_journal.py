@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .._ids import InvalidRunId, validate_run_id
+from ._git import _fsync_dir
 from ._journal_records import record_run_id, run_dict
 
 __all__ = ["DeadJournal", "JournalWriter", "dead_journals", "encode_line", "process_start_time"]
@@ -63,14 +64,6 @@ def encode_line(obj: Any) -> bytes:
     """One journal line: compact JSON and a newline."""
     return (json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=repr)
             + "\n").encode("utf-8")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class JournalWriter:
