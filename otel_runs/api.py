@@ -304,3 +304,24 @@ def register(app: Flask, state: Any) -> None:
         state.extra["sse_processor"] = proc
     if "otel_runs" not in app.blueprints:
         app.register_blueprint(blueprint)
+        for code in (404, 405):
+            _json_routing_errors(app, code)
+
+
+def _is_api_path(path: str) -> bool:
+    return path.startswith("/api/runs") or path == "/api/events"
+
+
+def _json_routing_errors(app: Flask, code: int) -> None:
+    """Answer routing errors (404/405, which never reach blueprint handlers) on the
+    API's paths as JSON; any other path gets what the app gave before (its own
+    handler for that code, else Flask's default)."""
+    handlers = app.error_handler_spec.get(None, {}).get(code, {})
+    previous = next(iter(handlers.values()), None)
+
+    def handle(exc: HTTPException) -> Any:
+        if _is_api_path(request.path):
+            return _error(exc.code or code, exc.description or exc.name)
+        return previous(exc) if previous is not None else exc
+
+    app.register_error_handler(code, handle)

@@ -216,3 +216,29 @@ def test_api_can_be_turned_off(git_repo: Path) -> None:
     api.register(app, app.extensions["otel_runs"])
     assert app.test_client().get("/api/runs/recent").status_code == 404
     assert "hub" not in app.extensions["otel_runs"].extra
+
+
+def test_routing_errors_on_api_paths_are_json_and_others_unchanged(tmp_path: Path) -> None:
+    from flask import Flask
+
+    from otel_runs.flask import RunTracking
+
+    app = Flask(__name__)
+    app.config["PROJECT_ROOT"] = str(tmp_path)
+
+    @app.errorhandler(404)
+    def mine(exc: Exception) -> tuple[str, int]:
+        return "my own 404 page", 404
+
+    RunTracking(app, ledger=False)
+    client = app.test_client()
+    resp = client.post("/api/runs/recent")
+    assert resp.status_code == 405 and resp.is_json
+    assert resp.get_json()["status"] == 405
+    resp = client.get("/api/runs/recent/extra/x")
+    assert resp.status_code == 404 and resp.is_json
+    assert client.get("/nowhere").get_data() == b"my own 404 page"
+    plain = Flask("plain")
+    RunTracking(plain, ledger=False)
+    resp = plain.test_client().post("/runs")
+    assert resp.status_code == 405 and not resp.is_json  # Flask's default for non-API paths
