@@ -8,6 +8,9 @@ from opentelemetry.context import Context
 from . import _attributes as A
 
 _LOCAL_RUN_KEY = context.create_key("otel_runs.current_run_id")
+#: Set only in the context a run span is started with: the ``Run`` its opener
+#: already knows, so run processors need not rebuild it from the span.
+STARTING_RUN_KEY = context.create_key("otel_runs.starting_run")
 
 
 def with_run(run_id: str, ctx: Context) -> Context:

@@ -8,6 +8,9 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
+from flask import Flask, Response, after_this_request
+from flask.globals import _cv_request
+
 from ._taxonomy import validate_run_type
 from ._tracking import RunScope
 
@@ -61,15 +64,16 @@ def run_tracked(
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                if _is_dispatched_view(async_wrapper):
-                    scope = rules.start_view_run()
+                app = _dispatching_app(async_wrapper)
+                if app is not None:
+                    scope = rules.start_view_run(app)
                     with scope.activated():
                         try:
-                            response = make_response(await fn(*args, **kwargs))
+                            response = app.make_response(await fn(*args, **kwargs))
                         except BaseException as exc:
                             scope.finish(exc)
                             raise
-                    return rules.finish_view_run(scope, response)
+                    return rules.finish_view_run(app, scope, response)
                 scope = rules.start_run()
                 with scope.activated():
                     try:
@@ -85,15 +89,16 @@ def run_tracked(
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if _is_dispatched_view(wrapper):
-                scope = rules.start_view_run()
+            app = _dispatching_app(wrapper)
+            if app is not None:
+                scope = rules.start_view_run(app)
                 with scope.activated():
                     try:
-                        response = make_response(fn(*args, **kwargs))
+                        response = app.make_response(fn(*args, **kwargs))
                     except BaseException as exc:
                         scope.finish(exc)
                         raise
-                return rules.finish_view_run(scope, response)
+                return rules.finish_view_run(app, scope, response)
             scope = rules.start_run()
             with scope.activated():
                 try:
@@ -110,21 +115,25 @@ def run_tracked(
     return decorate
 
 
-def _is_dispatched_view(wrapper: Callable[..., Any]) -> bool:
-    """True when Flask is dispatching the current request to ``wrapper`` (possibly
-    under other decorators); False for a plain call, even inside a request."""
-    from flask import current_app, has_request_context, request
-
-    if not has_request_context() or request.endpoint is None:
-        return False
-    fn: Any = current_app.view_functions.get(request.endpoint)
+def _dispatching_app(wrapper: Callable[..., Any]) -> Flask | None:
+    """The app when Flask is dispatching the current request to ``wrapper``
+    (possibly under other decorators); None for a plain call, even inside a request."""
+    # The request context itself, not the ``request``/``current_app`` proxies: this
+    # runs on every call of a tracked function.
+    ctx = _cv_request.get(None)
+    if ctx is None:
+        return None
+    rule = ctx.request.url_rule
+    if rule is None:
+        return None
+    fn: Any = ctx.app.view_functions.get(rule.endpoint)
     for _ in range(50):
         if fn is None:
-            return False
+            return None
         if fn is wrapper:
-            return True
+            return ctx.app
         fn = getattr(fn, "__wrapped__", None)
-    return False
+    return None
 
 
 class _Rules:
@@ -146,10 +155,9 @@ class _Rules:
     def start_run(self) -> RunScope:
         return RunScope(self._root(), self.run_type, self.subtype, self.summary, validated=True)
 
-    def start_view_run(self) -> RunScope:
-        from flask import after_this_request
-
-        scope = self.start_run()
+    def start_view_run(self, app: Flask) -> RunScope:
+        scope = RunScope(app.config.get("PROJECT_ROOT"), self.run_type, self.subtype,
+                         self.summary, validated=True)
         run_id = scope.handle.run_id
 
         def add_run_id_header(response: Any) -> Any:
@@ -180,7 +188,7 @@ class _Rules:
                 scope.handle.add_event("otel_runs.summary_error", error=repr(exc))
         scope.finish(None, status or "ok", summary)
 
-    def finish_view_run(self, scope: RunScope, response: Any) -> Any:
+    def finish_view_run(self, app: Flask, scope: RunScope, response: Any) -> Any:
         """Derive the run's outcome from the view's response, add ``run_id``, end
         the run (or hand it to the stream)."""
         http_failed = response.status_code >= 400
@@ -190,7 +198,7 @@ class _Rules:
         status: str | None = "failed" if http_failed else None
         summary: str | None = None
         if response.is_json:
-            body = response.get_json(silent=True)
+            body = _json_body(app, response)
             if isinstance(body, dict):
                 try:
                     body_status, summary = self.outcome(body)
@@ -204,11 +212,13 @@ class _Rules:
         return response
 
 
-def make_response(rv: Any) -> Any:
-    """The Response Flask would build from a view's return value (any form)."""
-    from flask import current_app
-
-    return current_app.make_response(rv)
+def _json_body(app: Flask, response: Response) -> Any:
+    """``response.get_json(silent=True)`` without its proxy lookups (same parser:
+    the app's JSON provider)."""
+    try:
+        return app.json.loads(response.get_data())
+    except ValueError:
+        return None
 
 
 def _with_run_id(raw: bytes, run_id: str) -> bytes:

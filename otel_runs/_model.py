@@ -110,6 +110,7 @@ class Run:
         status = "running" if end is None else str(attrs.get(A.RUN_STATUS, "ok"))
         service = span.resource.attributes.get("service.name", "") if span.resource else ""
         parent = attrs.get(A.RUN_PARENT_ID)
+        events = span.events  # a fresh tuple on each access
         return cls(
             run_id=run_id,
             type=run_type,
@@ -130,8 +131,8 @@ class Run:
                     "timestamp": iso_from_ns(ev.timestamp),
                     "attributes": _jsonable_attrs(ev.attributes),
                 }
-                for ev in span.events
-            ] if span.events else [],
+                for ev in events
+            ],
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -17,8 +18,9 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from . import _attributes as A
-from ._context import parent_run_id, with_run
+from ._context import STARTING_RUN_KEY, parent_run_id, with_run
 from ._ids import new_run_id
+from ._model import Run, iso_from_ns
 from ._redact import clean_metadata, clean_summary, metadata_json
 from ._taxonomy import validate_run_type
 
@@ -124,11 +126,12 @@ class RunScope:
         parent_ctx = otel_context.get_current()
         meta = dict(metadata or {})
         self._initial_metadata = metadata_json(meta)
+        summary = clean_summary(summary)
         # Only what is known and non-empty: every span attribute costs (status
         # "running" is implied until the run ends).
         attributes: dict[str, Any] = {A.RUN_ID: run_id, A.RUN_TYPE: run_type, A.RUN_SUBTYPE: subtype}
         if summary:
-            attributes[A.RUN_SUMMARY] = clean_summary(summary)
+            attributes[A.RUN_SUMMARY] = summary
         if meta:
             attributes[A.RUN_METADATA] = self._initial_metadata
         if root is not None:
@@ -136,11 +139,15 @@ class RunScope:
         parent = parent_run_id(parent_ctx)
         if parent is not None:
             attributes[A.RUN_PARENT_ID] = parent
+        # The Run as processors' on_start will see it (they add the span's ids).
+        starting = Run(run_id, run_type, subtype, summary=summary, started_at=iso_from_ns(now_ns),
+                       metadata=json.loads(self._initial_metadata) if meta else {},
+                       parent_run_id=parent)
         span = run_tracer().start_span(
-            subtype, context=parent_ctx, kind=SpanKind.INTERNAL,
-            attributes=attributes, start_time=now_ns,
+            subtype, context=otel_context.set_value(STARTING_RUN_KEY, starting, parent_ctx),
+            kind=SpanKind.INTERNAL, attributes=attributes, start_time=now_ns,
         )
-        self.handle = RunHandle(run_id, run_type, subtype, clean_summary(summary), meta, span)
+        self.handle = RunHandle(run_id, run_type, subtype, summary, meta, span)
         self.context = with_run(run_id, trace.set_span_in_context(span, parent_ctx))
         self.finished = False
 

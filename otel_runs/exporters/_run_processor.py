@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from opentelemetry.context import Context
+from opentelemetry.context import Context, get_value
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import format_span_id, format_trace_id
 
 from .. import _attributes as A
-from .._context import local_run_id
+from .._context import STARTING_RUN_KEY, local_run_id
 from .._model import Run
 from .._ratelimit import RateLimitedLog
 
@@ -23,18 +24,35 @@ def is_run_span(span: ReadableSpan) -> bool:
     return bool(span.attributes) and A.RUN_TYPE in span.attributes  # type: ignore[operator]
 
 
-def run_of(span: ReadableSpan) -> Run:
+def run_of(span: ReadableSpan, parent_context: Context | None = None) -> Run:
     """``Run.from_span(span)``, built once per span state and shared by every
-    processor (so hooks must treat the Run as read-only)."""
+    processor (so hooks must treat the Run as read-only). At start, the Run the
+    opener put in ``parent_context`` is completed instead (cheaper, same fields)."""
     key = span.end_time
     cached = getattr(span, "_otel_runs_run", None)
     if cached is not None and cached[0] == key:
         return cached[1]  # type: ignore[no-any-return]
-    run = Run.from_span(span)
+    run = _starting_run(span, parent_context) if key is None else None
+    if run is None:
+        run = Run.from_span(span)
     try:
         span._otel_runs_run = (key, run)  # type: ignore[attr-defined]
     except AttributeError:  # a span type with __slots__: just don't cache
         pass
+    return run
+
+
+def _starting_run(span: ReadableSpan, parent_context: Context | None) -> Run | None:
+    """The Run ``RunScope`` put in the start context for this span, with the span's
+    trace id, span id and service filled in; None if there is none."""
+    run = get_value(STARTING_RUN_KEY, parent_context) if parent_context is not None else None
+    if not isinstance(run, Run) or (span.attributes or {}).get(A.RUN_ID) != run.run_id:
+        return None
+    ctx = span.context
+    if ctx is not None:
+        run.trace_id, run.span_id = format_trace_id(ctx.trace_id), format_span_id(ctx.span_id)
+    if span.resource is not None:
+        run.service = str(span.resource.attributes.get("service.name", ""))
     return run
 
 
@@ -63,7 +81,7 @@ class RunProcessor(SpanProcessor):
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         if is_run_span(span) and self._accepts(span):
-            self._call(self.on_run_start, "on_run_start", span)
+            self._call(self.on_run_start, "on_run_start", span, parent_context)
 
     def on_end(self, span: ReadableSpan) -> None:
         attrs = span.attributes or {}
@@ -86,9 +104,10 @@ class RunProcessor(SpanProcessor):
             _errors.exception(f"{type(self).__name__}.accepts", "%s.accepts failed", type(self).__name__)
             return False
 
-    def _call(self, hook: object, name: str, span: ReadableSpan) -> None:
+    def _call(self, hook: object, name: str, span: ReadableSpan,
+              parent_context: Context | None = None) -> None:
         try:
-            hook(run_of(span))  # type: ignore[operator]
+            hook(run_of(span, parent_context))  # type: ignore[operator]
         except Exception:
             _errors.exception(
                 f"{type(self).__name__}.{name}", "%s.%s failed", type(self).__name__, name
