@@ -317,3 +317,30 @@ def test_commit_helper_process_commits_and_survives_being_killed(
     assert ledger._helper is not None and ledger._helper._proc is not None
     assert ledger._helper._proc.pid != helper_pid
     assert user_state(git_repo) == before
+
+
+def test_a_full_batch_is_committed_in_the_background(git_repo: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backlog of MAX_BATCH runs commits at once, without flush() (the committer once
+    read the clock twice, found a full batch never due, and spun holding the GIL)."""
+    from otel_runs.ledger import _ledger
+
+    monkeypatch.setattr(_ledger, "MAX_BATCH", 5)
+    monkeypatch.setenv("OTEL_RUNS_COMMIT_INTERVAL", "600")  # only a full batch is due
+    monkeypatch.setenv("OTEL_RUNS_COMMIT_PROCESS", "never")
+    before = user_state(git_repo)
+    ledger = Ledger(git_repo)
+    ids = []
+    try:
+        for i in range(12):
+            run = Run(run_id=otel_runs.new_run_id(), type="test", subtype="test:unit",
+                      status="ok", summary=f"run {i}")
+            ledger.record(run)
+            ids.append(run.run_id)
+        # 10 of them make two full batches; the last 2 wait for the (long) interval.
+        assert wait_until(lambda: len(ledger.store.contains(ids)) >= 10, timeout=60)
+        assert ledger.flush(60)
+        assert ledger.store.contains(ids) == set(ids)
+    finally:
+        ledger.close()
+    assert user_state(git_repo) == before

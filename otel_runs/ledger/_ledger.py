@@ -408,7 +408,10 @@ class Ledger:
                     self._cond.wait(min(commit_due, self._next_recover) - now)
                 if self._closed:
                     return
-                commit_now = time.monotonic() >= self._commit_due_locked(time.monotonic())
+                # One clock reading: with a full batch the due time IS "now", so reading the
+                # clock twice made this False forever and the thread spun, holding the GIL.
+                now = time.monotonic()
+                commit_now = now >= self._commit_due_locked(now)
             if time.monotonic() >= self._next_recover:
                 self.recover()
             if commit_now:
