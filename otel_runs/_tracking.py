@@ -22,6 +22,7 @@ from ._context import STARTING_RUN_KEY, parent_run_id, with_run
 from ._ids import new_run_id
 from ._model import Run, iso_from_ns
 from ._redact import clean_metadata, clean_summary, metadata_json
+from ._setup import project_root_for_run, run_tracer
 from ._taxonomy import validate_run_type
 
 __all__ = ["RunHandle", "current_run", "tracked_run"]
@@ -116,8 +117,6 @@ class RunScope:
     def __init__(self, project_root: str | os.PathLike[str] | None, run_type: str, subtype: str,
                  summary: str = "", metadata: dict[str, Any] | None = None, *,
                  validated: bool = False) -> None:
-        from ._setup import project_root_for_run, run_tracer
-
         if not validated:
             validate_run_type(run_type, subtype)
         root = project_root_for_run(project_root)
