@@ -564,3 +564,102 @@ def test_close_stops_the_reader_and_forked_children_read_their_own(git_repo: Pat
     assert proc.poll() is not None
     with pytest.raises(Exception, match="closed"):
         s.get(run["run_id"])
+
+
+# -- run tags written straight into packed-refs ----------------------------------------------------
+
+
+def loose_run_tags(repo: Path) -> list[Path]:
+    return list((repo / ".git" / "refs" / "tags" / "scp-run").glob("*"))
+
+
+def test_run_tags_go_into_packed_refs_next_to_the_users_refs(git_repo: Path):
+    git(git_repo, "tag", "-a", "-m", "release", "v1.0")  # annotated: a peel line when packed
+    git(git_repo, "tag", "zz-last")
+    git(git_repo, "branch", "feature")
+    git(git_repo, "pack-refs", "--all")
+    git(git_repo, "tag", "loose-one")  # stays loose
+    before = user_state(git_repo)
+    user_refs = git(git_repo, "for-each-ref", "--format=%(refname) %(objectname)")
+    ids = []
+    with GitStore(git_repo) as s:
+        for b in range(3):
+            runs = [make_run(b * 10 + i) for i in range(10)]
+            assert s.write_batch([(r, []) for r in runs]) == 10
+            ids += [r["run_id"] for r in runs]
+    assert not loose_run_tags(git_repo)  # no file per tag
+    packed = (git_repo / ".git" / "packed-refs").read_text().splitlines()
+    names = [line.split(" ", 1)[1] for line in packed[1:] if not line.startswith("^")]
+    assert names == sorted(names) and len(names) == len(set(names))
+    assert packed[0].startswith("# pack-refs with:") and " sorted" in packed[0]
+    got = {t.split()[0] for t in tags(git_repo)}
+    assert {f"scp-run/{r}" for r in ids} <= got
+    for line in user_refs.splitlines():  # every ref of the user is unchanged
+        name, oid = line.split()
+        assert git(git_repo, "rev-parse", name).strip() == oid
+    assert git(git_repo, "rev-parse", "v1.0^{}").strip() == git(git_repo, "rev-parse", "main").strip()
+    for run_id in ids[::7]:  # each tag points at the commit that recorded its run
+        commit = git(git_repo, "rev-parse", f"scp-run/{run_id}").strip()
+        assert run_path(run_id) in git(git_repo, "show", "--name-only", "--format=", commit)
+    git(git_repo, "pack-refs", "--all")  # git still reads and rewrites the file
+    assert len(tags(git_repo)) == len(got)
+    fsck(git_repo)
+    assert user_state(git_repo) == before
+
+
+def test_tags_left_out_by_a_killed_writer_are_created_by_the_next_write(
+    git_repo: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Killed after the branch moved, holding packed-refs.lock: the next write repairs."""
+    before = user_state(git_repo)
+    lock = git_repo / ".git" / "packed-refs.lock"
+
+    def killed(git_dir: Path, refs: Any, **kwargs: Any) -> bool:
+        lock.write_bytes(b"half-written")  # what a writer killed in add_packed_refs leaves
+        raise KeyboardInterrupt("killed")
+
+    first = [make_run(i) for i in range(4)]
+    with GitStore(git_repo) as s:
+        monkeypatch.setattr(store_module, "add_packed_refs", killed)
+        with pytest.raises(KeyboardInterrupt):
+            s.write_batch([(r, []) for r in first])
+    monkeypatch.undo()
+    with GitStore(git_repo) as s:
+        assert s.contains(r["run_id"] for r in first) == {r["run_id"] for r in first}
+    assert not [t for t in tags(git_repo) if t.startswith("scp-run/")]
+    marker = git_repo / ".git" / "otel-runs" / "tags-pending.json"
+    state = json.loads(marker.read_text())
+    state["time"] -= 60  # the kill happened a minute ago: the lock it left is stale
+    marker.write_text(json.dumps(state))
+    os.utime(lock, (state["time"] + 1, state["time"] + 1))
+    second = [make_run(10 + i) for i in range(3)]
+    with GitStore(git_repo) as s:
+        assert s.write_batch([(r, []) for r in second]) == 3
+    assert not marker.exists() and not lock.exists()
+    assert {t.split()[0] for t in tags(git_repo)} == {
+        f"scp-run/{r['run_id']}" for r in first + second
+    }
+    from otel_runs.ledger._verify import verify_ledger
+
+    assert verify_ledger(git_repo).problems == []
+    fsck(git_repo)
+    assert user_state(git_repo) == before
+
+
+def test_a_busy_packed_refs_lock_falls_back_to_loose_tags(
+    git_repo: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Someone else (the user's git) holds packed-refs.lock: wait a bit, then let update-ref
+    create loose tags; never remove a lock that is not ours."""
+    monkeypatch.setattr(store_module, "PACKED_REFS_LOCK_TIMEOUT_S", 0.2)
+    before = user_state(git_repo)
+    lock = git_repo / ".git" / "packed-refs.lock"
+    lock.write_bytes(b"")
+    runs = [make_run(i) for i in range(3)]
+    with GitStore(git_repo) as s:
+        assert s.write_batch([(r, []) for r in runs]) == 3
+    assert lock.exists()
+    lock.unlink()
+    assert sorted(p.name for p in loose_run_tags(git_repo)) == sorted(r["run_id"] for r in runs)
+    fsck(git_repo)
+    assert user_state(git_repo) == before

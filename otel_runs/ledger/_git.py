@@ -280,3 +280,122 @@ class CatFile:
         finally:
             if proc.stdout:
                 proc.stdout.close()
+
+
+# -- packed-refs --------------------------------------------------------------------------------
+
+#: Header git writes (and we write for a new file): peel lines complete, records sorted by name.
+PACKED_REFS_HEADER = b"# pack-refs with: peeled fully-peeled sorted \n"
+
+
+def _record_start(buf: bytes, pos: int) -> int:
+    """Start of the packed-refs record holding offset ``pos`` (a ``^peel`` line belongs to the
+    ref above it)."""
+    start = buf.rfind(b"\n", 0, pos) + 1
+    while buf[start : start + 1] == b"^":
+        start = buf.rfind(b"\n", 0, start - 1) + 1
+    return start
+
+
+def _record_end(buf: bytes, start: int) -> int:
+    """Offset just past the record starting at ``start`` (its ``^peel`` line included)."""
+    end = buf.index(b"\n", start) + 1
+    while buf[end : end + 1] == b"^":
+        end = buf.index(b"\n", end) + 1
+    return end
+
+
+def merge_packed_refs(current: bytes | None, refs: Sequence[tuple[bytes, bytes]]) -> bytes | None:
+    """New packed-refs content: ``current`` plus ``(refname, hex oid)`` pairs (a ref already in
+    it is replaced), sorted as git expects. None when ``current`` is not a sorted packed-refs
+    file this function can safely edit (then the caller lets git create the refs)."""
+    if not current:
+        current = PACKED_REFS_HEADER
+    if not current.startswith(b"# pack-refs with:") or not current.endswith(b"\n"):
+        return None
+    header_end = current.index(b"\n") + 1
+    if b" sorted " not in current[:header_end]:
+        return None  # written by an old git without the sorted trait: let git handle it
+    oid_len = None
+    parts: list[bytes] = [current[:header_end]]
+    pos = header_end
+    size = len(current)
+    for name, oid in sorted(dict(refs).items()):
+        lo, hi = pos, size
+        while lo < hi:  # first record at or after lo whose name is >= name
+            start = _record_start(current, (lo + hi) // 2)
+            start = max(start, lo)
+            line_end = current.index(b"\n", start)
+            if oid_len is None:
+                oid_len = current.index(b" ", start) - start
+            record_name = current[start + oid_len + 1 : line_end]
+            if record_name < name:
+                lo = _record_end(current, start)
+            else:
+                hi = start
+        parts.append(current[pos:lo])
+        pos = lo
+        if pos < size:
+            sp = current.index(b" ", pos)
+            if current[sp + 1 : current.index(b"\n", pos)] == name:
+                pos = _record_end(current, pos)  # replaced
+        parts.append(oid + b" " + name + b"\n")
+    parts.append(current[pos:])
+    return b"".join(parts)
+
+
+def add_packed_refs(
+    git_dir: Path,
+    refs: Sequence[tuple[bytes, bytes]],
+    *,
+    fsync: bool = True,
+    timeout: float = 5.0,
+) -> bool:
+    """Add ``(refname, hex oid)`` pairs straight to ``packed-refs``, under git's own
+    ``packed-refs.lock`` protocol (create the lock exclusively, write the whole new file into it,
+    rename it over ``packed-refs``). One file write for any number of refs, instead of one loose
+    file (lock, write, rename) per ref. False, with nothing changed, when the lock stays busy for
+    ``timeout`` seconds or the file is not one we can edit: the caller then uses update-ref."""
+    import time
+
+    target = git_dir / "packed-refs"
+    lock = git_dir / "packed-refs.lock"
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            break
+        except FileExistsError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+    renamed = False
+    try:
+        try:
+            with open(target, "rb") as fh:
+                current: bytes | None = fh.read()
+        except FileNotFoundError:
+            current = None
+        merged = merge_packed_refs(current, refs)
+        if merged is None:
+            return False
+        view = memoryview(merged)
+        while view:
+            view = view[os.write(fd, view) :]
+        if fsync:
+            os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(lock, target)
+        renamed = True
+        return True
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if not renamed:
+            try:
+                os.unlink(lock)
+            except FileNotFoundError:
+                pass

@@ -42,6 +42,7 @@ from ._git import (
     BLOB_MODE,
     TREE_MODE,
     CatFile,
+    add_packed_refs,
     git_env,
     hash_object,
     parse_tree,
@@ -79,6 +80,12 @@ _MAX_ATTEMPTS = 200
 PACK_REFS_EVERY_RUNS = 1_000
 REPACK_EVERY_COMMITS = 20
 GC_AUTO_EVERY_COMMITS = 250
+#: Marker of a commit whose run tags may not all exist yet (see ``_update_refs``).
+_TAGS_PENDING = "tags-pending.json"
+#: A ``packed-refs.lock`` left by a dead writer of ours is removed after this many seconds.
+_STALE_PACKED_LOCK_S = 10.0
+#: How long to wait for git's ``packed-refs.lock`` before creating the tags as loose refs.
+PACKED_REFS_LOCK_TIMEOUT_S = 5.0
 
 
 class _Commit:
@@ -176,6 +183,9 @@ class GitStore:
         self.objects_dir = self.git_dir / "objects"
         self.fsync = fsync
         self.auto_maintenance = auto_maintenance
+        #: Write new run tags straight into ``packed-refs`` (one file write per batch) rather
+        #: than as loose refs through update-ref (a file lock + write + rename per tag).
+        self.pack_tags = True
         self._closed = False
         self._init_process_state()
         _STORES.add(self)
@@ -379,15 +389,17 @@ class GitStore:
             self._ensure_process()
             for attempt in range(_MAX_ATTEMPTS):
                 with self._file_lock():
+                    self._repair_tags()
                     with self._read_lock:
                         built = self._build_commit(prepared)
                     if built is None:
                         return 0
                     objects, commit_hex, old_hex, new_ids = built
                     write_pack(self.objects_dir, objects, algo=self._algo, fsync=self.fsync)
-                    if self._update_refs(commit_hex, old_hex, new_ids):
+                    loose = self._update_refs(commit_hex, old_hex, new_ids)
+                    if loose is not None:
                         if self.auto_maintenance:
-                            self._count_and_maintain(len(new_ids))
+                            self._count_and_maintain(loose)
                         return len(new_ids)
                 # Someone moved the branch without our lock (or a ref was locked): rebuild on the
                 # new tip. The objects just written are unreferenced; gc drops them later.
@@ -532,11 +544,58 @@ class GitStore:
             todo.extend(p for p in self._commits(c.parents) if p is not None)
         return best or "0"
 
-    def _update_refs(self, new: str, old: str | None, run_ids: list[str]) -> bool:
-        """Move the branch (checking its old value) and create the tags, all or nothing."""
+    def _update_refs(self, new: str, old: str | None, run_ids: list[str]) -> int | None:
+        """Move the branch (checking its old value) and create the run tags.
+
+        Returns how many tags were written as loose refs (for maintenance), or None if another
+        writer moved the branch first (nothing changed: rebuild and retry).
+
+        With ``pack_tags`` the branch moves first through update-ref, then the tags go into
+        ``packed-refs`` in one write. A marker file names the commit and its runs until the tags
+        exist, so a writer killed in between is repaired by the next write (``_repair_tags``).
+        Otherwise (or if packed-refs cannot be edited) branch and tags move in ONE update-ref
+        transaction, all or nothing.
+        """
+        packed = self.tag_prefix is not None and self.pack_tags and bool(run_ids)
+        marker = self.private_dir / _TAGS_PENDING
+        if packed:
+            self._write_json(marker, {"commit": new, "run_ids": run_ids, "pid": os.getpid(),
+                                      "time": time.time()})
+        tags = [] if packed else run_ids
+        if not self._ref_transaction(new, old, tags):
+            if packed:
+                marker.unlink(missing_ok=True)
+            return None
+        if not packed:
+            return len(tags)
+        loose = self._create_tags(new, run_ids)
+        marker.unlink(missing_ok=True)
+        return loose
+
+    def _create_tags(self, commit: str, run_ids: Sequence[str]) -> int:
+        """Tags for ``run_ids`` at ``commit``: packed if possible, else loose through update-ref.
+        Returns how many were written loose."""
+        assert self.tag_prefix is not None
+        refs = [(f"refs/tags/{self.tag_prefix}{r}".encode(), commit.encode()) for r in run_ids]
+        if add_packed_refs(self.git_dir, refs, fsync=self.fsync,
+                            timeout=PACKED_REFS_LOCK_TIMEOUT_S):
+            # A loose ref wins over a packed one: one left by an interrupted older write must go.
+            stale = [r for r in run_ids
+                     if (self.git_dir / "refs" / "tags" / f"{self.tag_prefix}{r}").exists()]
+            if not stale:
+                return 0
+            run_ids = stale
+        cmds = [f"update refs/tags/{self.tag_prefix}{r} {commit}" for r in run_ids]
+        self._run_git("-c", "core.logAllRefUpdates=false", "update-ref", "--stdin",
+                      input=("\n".join(cmds) + "\n").encode())
+        return len(run_ids)
+
+    def _ref_transaction(self, new: str, old: str | None, tag_ids: Sequence[str]) -> bool:
+        """One update-ref transaction: the branch (compare-and-swap) plus tags; False if we lost
+        the compare-and-swap or a ref was locked (retry), raises on other errors."""
         cmds = [f"update {self.ref} {new} {old}" if old else f"create {self.ref} {new}"]
         if self.tag_prefix is not None:
-            cmds += [f"update refs/tags/{self.tag_prefix}{run_id} {new}" for run_id in run_ids]
+            cmds += [f"update refs/tags/{self.tag_prefix}{run_id} {new}" for run_id in tag_ids]
         proc = self._run_git(
             "-c",
             "core.logAllRefUpdates=false",
@@ -556,6 +615,47 @@ class GitStore:
             logger.debug("ledger %s: ref update retried: %s", self.git_dir, err)
             return False
         raise LedgerError(f"git update-ref failed in {self.git_dir}: {err}")
+
+    def _repair_tags(self) -> None:
+        """Finish the tags of a write that was killed between moving the branch and tagging
+        (called under the write flock, so no writer of ours is midway)."""
+        marker = self.private_dir / _TAGS_PENDING
+        try:
+            state = json.loads(marker.read_text())
+            commit, run_ids = str(state["commit"]), [validate_run_id(r) for r in state["run_ids"]]
+            stamp = float(state.get("time", 0))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError):
+            logger.warning("ledger %s: unreadable %s; removed", self.git_dir, marker)
+            marker.unlink(missing_ok=True)
+            return
+        if self.tag_prefix is None or not _HEX_RE.match(commit):
+            marker.unlink(missing_ok=True)
+            return
+        lock = self.git_dir / "packed-refs.lock"
+        try:  # our dead writer's packed-refs.lock (created after the marker, never kept long)
+            age = time.time() - lock.stat().st_mtime
+            if lock.stat().st_mtime >= stamp - 1 and age > _STALE_PACKED_LOCK_S:
+                logger.warning("ledger %s: removing a stale packed-refs.lock", self.git_dir)
+                lock.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
+        on_branch = self._run_git("merge-base", "--is-ancestor", commit, self.ref, check=False)
+        if on_branch.returncode == 0:
+            logger.warning("ledger %s: creating %d run tag(s) a killed writer left out",
+                           self.git_dir, len(run_ids))
+            self._create_tags(commit, run_ids)
+        marker.unlink(missing_ok=True)
+
+    def _write_json(self, path: Path, data: Any) -> None:
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as fh:
+            fh.write(json.dumps(data))
+            if self.fsync:  # survives a power loss like the branch move it guards
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
 
     # -- maintenance ---------------------------------------------------------------------------
 
