@@ -663,3 +663,17 @@ def test_a_busy_packed_refs_lock_falls_back_to_loose_tags(
     assert sorted(p.name for p in loose_run_tags(git_repo)) == sorted(r["run_id"] for r in runs)
     fsck(git_repo)
     assert user_state(git_repo) == before
+
+
+def test_a_stale_loose_run_tag_is_replaced(git_repo: Path):
+    """A loose tag wins over a packed one in git: one left by an older interrupted write must
+    not shadow the tag of the commit that recorded the run."""
+    before = user_state(git_repo)
+    run = make_run(1)
+    git(git_repo, "update-ref", f"refs/tags/scp-run/{run['run_id']}", "main")
+    with GitStore(git_repo) as s:
+        assert s.write_batch([(run, []), (make_run(2), [])]) == 2
+    commit = git(git_repo, "rev-parse", f"scp-run/{run['run_id']}").strip()
+    assert commit == git(git_repo, "rev-parse", "scp-ledger").strip()
+    fsck(git_repo)
+    assert user_state(git_repo) == before

@@ -580,8 +580,12 @@ class GitStore:
         if add_packed_refs(self.git_dir, refs, fsync=self.fsync,
                             timeout=PACKED_REFS_LOCK_TIMEOUT_S):
             # A loose ref wins over a packed one: one left by an interrupted older write must go.
-            stale = [r for r in run_ids
-                     if (self.git_dir / "refs" / "tags" / f"{self.tag_prefix}{r}").exists()]
+            loose_dir, _, name_prefix = f"refs/tags/{self.tag_prefix}".rpartition("/")
+            try:  # one directory listing, not a stat per tag
+                loose = set(os.listdir(self.git_dir / loose_dir))
+            except OSError:
+                loose = set()
+            stale = [r for r in run_ids if f"{name_prefix}{r}" in loose] if loose else []
             if not stale:
                 return 0
             run_ids = stale
