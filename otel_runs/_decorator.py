@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from flask import Flask, Response, after_this_request
-from flask.globals import _cv_request
+from flask.globals import _cv_app, _cv_request
 
 from ._taxonomy import validate_run_type
 from ._tracking import RunScope
@@ -146,11 +146,8 @@ class _Rules:
         self.summary = summary
 
     def _root(self) -> Any:
-        from flask import current_app, has_app_context
-
-        if has_app_context():
-            return current_app.config.get("PROJECT_ROOT")
-        return None
+        ctx = _cv_app.get(None)
+        return None if ctx is None else ctx.app.config.get("PROJECT_ROOT")
 
     def start_run(self) -> RunScope:
         return RunScope(self._root(), self.run_type, self.subtype, self.summary, validated=True)
