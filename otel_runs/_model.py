@@ -90,8 +90,11 @@ class Run:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
-    def from_span(cls, span: ReadableSpan) -> Run:
-        """Build a Run from a run span (running if the span has not ended)."""
+    def from_span(cls, span: ReadableSpan, *, started: Run | None = None) -> Run:
+        """Build a Run from a run span (running if the span has not ended).
+
+        ``started``, the Run built from this same span when it started, lends the
+        fields a span cannot change (trace and span id, start time, service)."""
         attrs = dict(span.attributes or {})  # one copy: plain dict lookups from here on
         run_id = attrs.get(A.RUN_ID)
         run_type = attrs.get(A.RUN_TYPE)
@@ -104,11 +107,18 @@ class Run:
                 metadata = json.loads(str(raw_meta))
             except ValueError:
                 metadata = {"_unparsed": str(raw_meta)}
-        ctx = span.context
         start = span.start_time or 0
         end = span.end_time
         status = "running" if end is None else str(attrs.get(A.RUN_STATUS, "ok"))
-        service = span.resource.attributes.get("service.name", "") if span.resource else ""
+        if started is not None:
+            trace_id, span_id = started.trace_id, started.span_id
+            started_at, service = started.started_at, started.service
+        else:
+            ctx = span.context
+            trace_id = format_trace_id(ctx.trace_id) if ctx else ""
+            span_id = format_span_id(ctx.span_id) if ctx else ""
+            started_at = iso_from_ns(start)
+            service = str(span.resource.attributes.get("service.name", "") if span.resource else "")
         parent = attrs.get(A.RUN_PARENT_ID)
         events = span.events  # a fresh tuple on each access
         return cls(
@@ -117,14 +127,14 @@ class Run:
             subtype=str(attrs.get(A.RUN_SUBTYPE, span.name)),
             status=status,
             summary=str(attrs.get(A.RUN_SUMMARY, "")),
-            started_at=iso_from_ns(start),
+            started_at=started_at,
             ended_at=None if end is None else iso_from_ns(end),
             duration_ms=None if end is None else round((end - start) / 1e6, 3),
             metadata=metadata if isinstance(metadata, dict) else {"_value": metadata},
-            trace_id=format_trace_id(ctx.trace_id) if ctx else "",
-            span_id=format_span_id(ctx.span_id) if ctx else "",
+            trace_id=trace_id,
+            span_id=span_id,
             parent_run_id=parent if isinstance(parent, str) else None,
-            service=str(service),
+            service=service,
             events=[
                 {
                     "name": ev.name,

@@ -32,9 +32,10 @@ def run_of(span: ReadableSpan, parent_context: Context | None = None) -> Run:
     cached = getattr(span, "_otel_runs_run", None)
     if cached is not None and cached[0] == key:
         return cached[1]  # type: ignore[no-any-return]
-    run = _starting_run(span, parent_context) if key is None else None
-    if run is None:
-        run = Run.from_span(span)
+    if key is None:
+        run = _starting_run(span, parent_context) or Run.from_span(span)
+    else:  # the Run cached at start, if any, lends the fields a span cannot change
+        run = Run.from_span(span, started=cached[1] if cached is not None else None)
     try:
         span._otel_runs_run = (key, run)  # type: ignore[attr-defined]
     except AttributeError:  # a span type with __slots__: just don't cache
