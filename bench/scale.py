@@ -2,12 +2,14 @@
 
 Side by side in one run, on tmp repositories:
 
-* ``recent(50)`` and recording one batch, with ``--small`` (1k) vs ``--runs`` (100k) runs already
+* ``recent(50)`` and recording one batch (of 100: loose tags; of 2,000: tags written into
+  packed-refs), with ``--small`` (1k) vs ``--runs`` (100k) runs already
   recorded, for two shapes: all runs on ONE day, and runs spread over a year (goal: ratio <= 1.5);
 * the user's own ``git log -1 --decorate`` and ``git status`` with ``--runs`` runs vs an empty
   ledger (goal: ratio <= 3).
 
-Usage: ``python bench/scale.py [--runs 100000] [--small 1000] [--batch 100] [--reps 9]``
+Usage: ``python bench/scale.py [--runs 100000] [--small 1000] [--batch 100] [--big-batch 2000]
+[--reps 9]``
 """
 
 from __future__ import annotations
@@ -160,6 +162,18 @@ def scenario(shape: str, base: Path, empty: Path, args: argparse.Namespace) -> b
 
     report(f"record one batch of {args.batch} (warm, one writer)", *side_by_side(
         warm_batch(small, tl_small), warm_batch(big, tl_big), args.reps), goal=1.5)
+
+    def big_batch(store: GitStore, tl: Timeline) -> Callable[[], object]:
+        def go() -> object:  # a committer's full batch: its tags go straight into packed-refs
+            store._trees.clear()
+            items = [(run_dict(tl.next(), i), []) for i in range(args.big_batch)]
+            assert store.write_batch(items) == args.big_batch
+            return None
+        return go
+
+    all_ok &= report(f"record one batch of {args.big_batch:,} (tags into packed-refs)",
+                     *side_by_side(big_batch(small, tl_small), big_batch(big, tl_big), 5),
+                     goal=1.5)
     report("maintenance() (pack-refs + repack + gc --auto)", *side_by_side(
         small.maintenance, big.maintenance, 3), goal=float("inf"))
     small.close()
@@ -181,6 +195,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=100_000, help="runs in the big ledger")
     ap.add_argument("--small", type=int, default=1_000, help="runs in the small ledger")
     ap.add_argument("--batch", type=int, default=100, help="runs per measured batch")
+    ap.add_argument("--big-batch", type=int, default=2_000,
+                    help="runs per measured big batch (the committer's MAX_BATCH)")
     ap.add_argument("--build-batch", type=int, default=5_000, help="runs per batch while filling")
     ap.add_argument("--reps", type=int, default=9)
     args = ap.parse_args()

@@ -344,3 +344,27 @@ def test_a_full_batch_is_committed_in_the_background(git_repo: Path,
     finally:
         ledger.close()
     assert user_state(git_repo) == before
+
+
+def test_commit_helper_starts_while_a_big_batch_builds_up(git_repo: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The helper starts as soon as a helper-sized batch is pending (not when it is due), so
+    its start-up overlaps the commit interval."""
+    from otel_runs.ledger import _ledger
+
+    monkeypatch.setattr(_ledger, "HELPER_MIN_BATCH", 3)
+    monkeypatch.setenv("OTEL_RUNS_COMMIT_INTERVAL", "600")
+    before = user_state(git_repo)
+    ledger = Ledger(git_repo)
+    try:
+        runs = [Run(run_id=otel_runs.new_run_id(), type="test", subtype="test:unit",
+                    status="ok") for _ in range(3)]
+        for run in runs:
+            ledger.record(run)
+        assert wait_until(lambda: ledger._helper is not None, timeout=60)
+        assert not ledger.store.contains(r.run_id for r in runs)  # started, nothing committed
+        assert ledger.flush(60)
+        assert ledger.store.contains(r.run_id for r in runs) == {r.run_id for r in runs}
+    finally:
+        ledger.close()
+    assert user_state(git_repo) == before

@@ -573,7 +573,9 @@ def loose_run_tags(repo: Path) -> list[Path]:
     return list((repo / ".git" / "refs" / "tags" / "scp-run").glob("*"))
 
 
-def test_run_tags_go_into_packed_refs_next_to_the_users_refs(git_repo: Path):
+def test_run_tags_go_into_packed_refs_next_to_the_users_refs(git_repo: Path,
+                                                             monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(store_module, "PACKED_TAGS_MIN_BATCH", 10)
     git(git_repo, "tag", "-a", "-m", "release", "v1.0")  # annotated: a peel line when packed
     git(git_repo, "tag", "zz-last")
     git(git_repo, "branch", "feature")
@@ -611,6 +613,7 @@ def test_tags_left_out_by_a_killed_writer_are_created_by_the_next_write(
     git_repo: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """Killed after the branch moved, holding packed-refs.lock: the next write repairs."""
+    monkeypatch.setattr(store_module, "PACKED_TAGS_MIN_BATCH", 1)
     before = user_state(git_repo)
     lock = git_repo / ".git" / "packed-refs.lock"
 
@@ -619,11 +622,12 @@ def test_tags_left_out_by_a_killed_writer_are_created_by_the_next_write(
         raise KeyboardInterrupt("killed")
 
     first = [make_run(i) for i in range(4)]
+    real_add_packed_refs = store_module.add_packed_refs
     with GitStore(git_repo) as s:
         monkeypatch.setattr(store_module, "add_packed_refs", killed)
         with pytest.raises(KeyboardInterrupt):
             s.write_batch([(r, []) for r in first])
-    monkeypatch.undo()
+    monkeypatch.setattr(store_module, "add_packed_refs", real_add_packed_refs)
     with GitStore(git_repo) as s:
         assert s.contains(r["run_id"] for r in first) == {r["run_id"] for r in first}
     assert not [t for t in tags(git_repo) if t.startswith("scp-run/")]
@@ -652,6 +656,7 @@ def test_a_busy_packed_refs_lock_falls_back_to_loose_tags(
     """Someone else (the user's git) holds packed-refs.lock: wait a bit, then let update-ref
     create loose tags; never remove a lock that is not ours."""
     monkeypatch.setattr(store_module, "PACKED_REFS_LOCK_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(store_module, "PACKED_TAGS_MIN_BATCH", 1)
     before = user_state(git_repo)
     lock = git_repo / ".git" / "packed-refs.lock"
     lock.write_bytes(b"")
@@ -665,10 +670,11 @@ def test_a_busy_packed_refs_lock_falls_back_to_loose_tags(
     assert user_state(git_repo) == before
 
 
-def test_a_stale_loose_run_tag_is_replaced(git_repo: Path):
+def test_a_stale_loose_run_tag_is_replaced(git_repo: Path, monkeypatch: pytest.MonkeyPatch):
     """A loose tag wins over a packed one in git: one left by an older interrupted write must
     not shadow the tag of the commit that recorded the run."""
     before = user_state(git_repo)
+    monkeypatch.setattr(store_module, "PACKED_TAGS_MIN_BATCH", 1)
     run = make_run(1)
     git(git_repo, "update-ref", f"refs/tags/scp-run/{run['run_id']}", "main")
     with GitStore(git_repo) as s:
@@ -677,3 +683,24 @@ def test_a_stale_loose_run_tag_is_replaced(git_repo: Path):
     assert commit == git(git_repo, "rev-parse", "scp-ledger").strip()
     fsck(git_repo)
     assert user_state(git_repo) == before
+
+
+def test_small_batches_and_a_big_packed_refs_make_loose_tags(git_repo: Path,
+                                                            monkeypatch: pytest.MonkeyPatch):
+    """Rewriting packed-refs must stay a small share of a batch: a batch smaller than
+    PACKED_TAGS_MIN_BATCH, or small next to the packed-refs file, gets loose tags."""
+    monkeypatch.setattr(store_module, "PACKED_TAGS_MIN_BATCH", 5)
+    monkeypatch.setattr(store_module, "PACKED_REFS_BYTES_PER_TAG", 100)
+    with GitStore(git_repo) as s:
+        small = [make_run(i) for i in range(4)]
+        s.write_batch([(r, []) for r in small])
+        assert len(loose_run_tags(git_repo)) == 4
+        big = [make_run(10 + i) for i in range(6)]  # 600 bytes >= the file: packed
+        s.write_batch([(r, []) for r in big])
+        assert len(loose_run_tags(git_repo)) == 4
+        git(git_repo, "pack-refs")
+        for b in range(3):  # the file is now larger than 6 tags x 100 bytes: loose again
+            s.write_batch([(make_run(100 + b * 10 + i), []) for i in range(6)])
+        assert len(loose_run_tags(git_repo)) == 18
+    assert len(tags(git_repo)) == 28
+    fsck(git_repo)

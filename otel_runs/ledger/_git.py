@@ -322,6 +322,10 @@ def merge_packed_refs(current: bytes | None, refs: Sequence[tuple[bytes, bytes]]
     size = len(current)
     for name, oid in sorted(dict(refs).items()):
         lo, hi = pos, size
+        if pos < size:  # the common case: the new refs sort together (run ids grow), so the
+            sp = current.index(b" ", pos)  # record at pos already sorts after this one
+            if current[sp + 1 : current.index(b"\n", pos)] >= name:
+                hi = lo
         while lo < hi:  # first record at or after lo whose name is >= name
             start = _record_start(current, (lo + hi) // 2)
             start = max(start, lo)

@@ -261,7 +261,7 @@ class Ledger:
             if not self._pending:
                 self._first_pending = time.monotonic()
             self._pending[run_id] = entry
-            if len(self._pending) >= MAX_BATCH or len(self._pending) == 1:
+            if len(self._pending) in (1, HELPER_MIN_BATCH) or len(self._pending) >= MAX_BATCH:
                 self._cond.notify_all()
         if self._thread is None:
             self._start_thread()
@@ -305,19 +305,7 @@ class Ledger:
         """Write ``entries`` to the branch: in the helper process when the batch
         is big enough to be worth it (see ``OTEL_RUNS_COMMIT_PROCESS``), else here."""
         if self._use_helper(len(entries)):
-            helper = self._helper
-            if helper is None:
-                from ._journal_helper import CommitHelper  # (not at import: it is also __main__)
-
-                try:
-                    helper = self._helper = CommitHelper(self.project_root, self.branch,
-                                                         self.tag_prefix,
-                                                         fsync=self._durability == "fsync")
-                except Exception:
-                    self._helper_failed = True
-                    logger.warning("otel-runs: cannot start the ledger commit helper; "
-                                   "committing in this process", exc_info=True)
-                    helper = None
+            helper = self._ensure_helper()
             if helper is not None:
                 try:
                     return helper.write_batch([e.line for e in entries])
@@ -327,6 +315,29 @@ class Ledger:
                     raise
         items = [(run, e.spans) for e in entries if (run := e.run()) is not None]
         return self.store.write_batch(items) if items else 0
+
+    def _ensure_helper(self) -> Any:
+        """The commit helper, started if needed (None if it cannot start). Under _fold_lock."""
+        helper = self._helper
+        if helper is None and not self._helper_failed:
+            from ._journal_helper import CommitHelper  # (not at import: it is also __main__)
+
+            try:
+                helper = self._helper = CommitHelper(self.project_root, self.branch,
+                                                     self.tag_prefix,
+                                                     fsync=self._durability == "fsync")
+            except Exception:
+                self._helper_failed = True
+                logger.warning("otel-runs: cannot start the ledger commit helper; "
+                               "committing in this process", exc_info=True)
+                helper = None
+        return helper
+
+    def _helper_wanted_locked(self) -> bool:
+        """A helper-sized batch is building up and no helper runs yet: start it now, so that
+        it is ready (its start-up takes ~0.3-1 s) when the batch is due."""
+        return (self._helper is None and len(self._pending) >= HELPER_MIN_BATCH
+                and self._use_helper(len(self._pending)))
 
     def _use_helper(self, batch: int) -> bool:
         if self._helper_failed or self.commit_process == "never":
@@ -405,6 +416,8 @@ class Ledger:
                     commit_due = self._commit_due_locked(now)
                     if now >= commit_due or now >= self._next_recover:
                         break
+                    if self._helper_wanted_locked():
+                        break
                     self._cond.wait(min(commit_due, self._next_recover) - now)
                 if self._closed:
                     return
@@ -412,6 +425,10 @@ class Ledger:
                 # clock twice made this False forever and the thread spun, holding the GIL.
                 now = time.monotonic()
                 commit_now = now >= self._commit_due_locked(now)
+                start_helper = self._helper_wanted_locked()
+            if start_helper:
+                with self._fold_lock:
+                    self._ensure_helper()
             if time.monotonic() >= self._next_recover:
                 self.recover()
             if commit_now:
