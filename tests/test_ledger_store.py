@@ -704,3 +704,48 @@ def test_small_batches_and_a_big_packed_refs_make_loose_tags(git_repo: Path,
         assert len(loose_run_tags(git_repo)) == 18
     assert len(tags(git_repo)) == 28
     fsck(git_repo)
+
+
+def _packed_writer(repo: str, worker: int, batches: int, per_batch: int) -> None:
+    store_module.PACKED_TAGS_MIN_BATCH = 1  # every batch writes its tags into packed-refs
+    with GitStore(repo) as s:
+        for b in range(batches):
+            runs = [make_run(worker * 1000 + b * per_batch + i,
+                             at=BASE + timedelta(minutes=worker, seconds=b * per_batch + i))
+                    for i in range(per_batch)]
+            assert s.write_batch([(r, []) for r in runs]) == per_batch
+
+
+def test_packed_tags_with_concurrent_writers_and_the_users_git(git_repo: Path):
+    """4 processes write batches whose tags go into packed-refs while the user's git creates,
+    packs and deletes refs: every run has exactly its tag, the user's refs are intact."""
+    import multiprocessing
+
+    before_head = git(git_repo, "rev-parse", "HEAD").strip()
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_packed_writer, args=(str(git_repo), w, 6, 15)) for w in range(4)]
+    for p in procs:
+        p.start()
+    n = 0
+    while any(p.is_alive() for p in procs) and n < 200:  # bounded
+        git(git_repo, "tag", f"user-{n}")
+        if n % 3 == 0:
+            git(git_repo, "pack-refs", "--all")
+        if n % 5 == 4:
+            git(git_repo, "tag", "-d", f"user-{n - 1}")
+        n += 1
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    run_tags = [t for t in tags(git_repo) if t.startswith("scp-run/")]
+    assert len(run_tags) == 4 * 6 * 15
+    with GitStore(git_repo) as s:
+        ids = [t.split()[0].removeprefix("scp-run/") for t in run_tags]
+        assert s.contains(ids) == set(ids)
+    user_tags = {t.split()[0] for t in tags(git_repo) if t.startswith("user-")}
+    assert user_tags == {f"user-{i}" for i in range(n) if not (i % 5 == 3 and i + 1 < n)}
+    from otel_runs.ledger._verify import verify_ledger
+
+    assert verify_ledger(git_repo).problems == []
+    fsck(git_repo)
+    assert git(git_repo, "rev-parse", "HEAD").strip() == before_head
