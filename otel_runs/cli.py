@@ -267,16 +267,26 @@ def show_command(ctx: click.Context, run_id: str, as_json: bool) -> None:
 @click.option("--count", type=click.IntRange(1), help="Exit after this many runs.")
 @click.option("--timeout", type=click.FloatRange(0), help="Exit after this many seconds.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--after", metavar="RUN_ID",
+              help="From the ledger: follow runs newer than this one (default: runs recorded "
+                   "from now on).")
 @click.pass_context
 @friendly
 def tail_command(ctx: click.Context, url: str | None, interval: float, count: int | None,
-                 timeout: float | None, as_json: bool) -> None:
+                 timeout: float | None, as_json: bool, after: str | None) -> None:
     """Follow new runs live: from a server's event stream (--url) or the ledger."""
+    if after is not None:
+        if url:
+            raise CliError("--after follows the ledger; it cannot be combined with --url")
+        try:
+            validate_run_id(after)
+        except InvalidRunId as exc:
+            raise CliError(str(exc)) from None
     deadline = None if timeout is None else time.monotonic() + timeout
     seen = 0
     # Connect / take the ledger's baseline first, then say so: nothing after the
     # message is missed.
-    source = _tail_events(url, deadline) if url else _tail_ledger(ctx, interval, deadline)
+    source = _tail_events(url, deadline) if url else _tail_ledger(ctx, interval, deadline, after)
     where = url or f"the ledger of {project_root(ctx)}"
     click.echo(f"following runs from {where} (Ctrl-C to stop)", err=True)
     try:
@@ -293,15 +303,17 @@ def tail_command(ctx: click.Context, url: str | None, interval: float, count: in
         return
 
 
-def _tail_ledger(ctx: click.Context, interval: float,
-                 deadline: float | None) -> Iterator[tuple[str, dict[str, Any]]]:
-    """New runs of the ledger, polled; the runs already there are the baseline."""
+def _tail_ledger(ctx: click.Context, interval: float, deadline: float | None,
+                 after: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """New runs of the ledger, polled: those newer than ``after`` or, without it,
+    those not there when tailing started (the baseline)."""
     ledger = _ledger(ctx)
-    known = {r.run_id for r in ledger.recent(limit=500)}
+    known = set() if after is not None else {r.run_id for r in ledger.recent(limit=500)}
 
     def poll() -> Iterator[tuple[str, dict[str, Any]]]:
         while deadline is None or time.monotonic() < deadline:
-            fresh = [r for r in ledger.recent(limit=500) if r.run_id not in known]
+            fresh = [r for r in ledger.recent(limit=500)
+                     if r.run_id not in known and (after is None or r.run_id > after)]
             for run in sorted(fresh, key=lambda r: r.run_id):
                 known.add(run.run_id)
                 yield "run:completed" if run.status != "running" else "run:started", run.to_dict()

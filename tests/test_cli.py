@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -148,19 +147,16 @@ def test_verify_finds_an_unparsable_run_file(git_repo: Path, tmp_path: Path) -> 
 
 
 def test_tail_follows_the_ledger(git_repo: Path) -> None:
-    _record(git_repo)
+    last_old = _record(git_repo)[-1]
     result: dict[str, Any] = {}
 
     def follow() -> None:
         result["r"] = CliRunner().invoke(runs_group, [
             "--project", str(git_repo), "tail", "--json", "--count", "2", "--interval", "0.05",
-            "--timeout", "60"])
+            "--timeout", "60", "--after", last_old])
 
     thread = threading.Thread(target=follow)
     thread.start()
-    # Let tail take its baseline (the 3 runs) first; a run recorded before that
-    # would count as old and the test would time out, not pass wrongly.
-    time.sleep(1.0)
     new = []
     for i in range(2):
         with tracked_run(git_repo, "test", "test:run", summary=f"new {i}") as run:
@@ -170,6 +166,12 @@ def test_tail_follows_the_ledger(git_repo: Path) -> None:
     lines = [json.loads(ln) for ln in result["r"].stdout.splitlines()]
     assert [ln["run"]["run_id"] for ln in lines] == new
     assert result["r"].exit_code == 0
+
+
+def test_tail_after_rejects_a_bad_id_in_one_line(git_repo: Path) -> None:
+    result = CliRunner().invoke(runs_group, ["--project", str(git_repo), "tail", "--after", "../x"])
+    assert result.exit_code != 0
+    assert "malformed run id" in result.output and "Traceback" not in result.output
 
 
 def _tracked_app(root: Path) -> Flask:
