@@ -26,39 +26,48 @@ _last: tuple[int, int] = (-1, 0)  # (ms, random part) of the previous id
 _last_lock = threading.Lock()
 
 
-def _suffix(ms: int) -> tuple[int, int]:
-    """The random part for a new id in millisecond ``ms``: fresh random bits in a new
-    millisecond, the previous value plus one within the same millisecond (as ULID's
-    monotonic mode), so ids made by one process sort in creation order."""
+def _next_suffix(ms: int) -> int:
+    """The random part of this process's next id at millisecond ``ms``: fresh random
+    bits in a new millisecond, the previous value plus one within the same
+    millisecond (as ULID's monotonic mode), so a process's ids sort in creation
+    order. If the clock steps back, fresh bits and the sequence is left alone."""
     global _last
     with _last_lock:
         last_ms, last_rnd = _last
         if ms == last_ms and last_rnd + 1 < 1 << 40:
-            rnd = last_rnd + 1
-        else:
-            rnd = secrets.randbits(39)  # headroom for increments within one ms
-        if ms >= last_ms:  # an explicit earlier time does not reset the sequence
+            _last = (ms, last_rnd + 1)
+            return last_rnd + 1
+        rnd = secrets.randbits(39)  # headroom for increments within one ms
+        if ms > last_ms:
             _last = (ms, rnd)
-    return ms, rnd
+        return rnd
 
 
-def new_run_id(at: datetime | int | None = None) -> str:
-    """A new run id for a run starting at ``at`` (a datetime or a ``time_ns()``
-    value; default: now). Ids made by one process for the current time sort in
-    creation order, even within one millisecond."""
+def _format(ms: int, rnd: int) -> str:
     global _stamp_cache
-    if isinstance(at, datetime):
-        at = at.astimezone(timezone.utc)
-        ns = int(calendar.timegm(at.timetuple())) * 1_000_000_000 + at.microsecond * 1000
-    else:
-        ns = time.time_ns() if at is None else at
-    ms, rnd = _suffix(ns // 1_000_000)
     sec, rem = divmod(ms, 1000)
     cached_sec, prefix = _stamp_cache
     if cached_sec != sec:
         prefix = time.strftime("%Y%m%dT%H%M%S", time.gmtime(sec))
         _stamp_cache = (sec, prefix)
     return f"{prefix}{rem:03d}Z-{rnd:010x}"
+
+
+def now_run_id() -> tuple[str, int]:
+    """A new run id for a run starting now, and that start time (``time_ns``).
+    Ids made by one process sort in creation order, even within a millisecond."""
+    ns = time.time_ns()
+    ms = ns // 1_000_000
+    return _format(ms, _next_suffix(ms)), ns
+
+
+def new_run_id(at: datetime | None = None) -> str:
+    """A new run id for a run starting at ``at`` (default: now, as :func:`now_run_id`)."""
+    if at is None:
+        return now_run_id()[0]
+    at = at.astimezone(timezone.utc)
+    ms = int(calendar.timegm(at.timetuple())) * 1000 + at.microsecond // 1000
+    return _format(ms, secrets.randbits(40))
 
 
 def validate_run_id(run_id: object) -> str:

@@ -6,7 +6,6 @@ import asyncio
 import contextvars
 import json
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +18,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from . import _attributes as A
 from ._context import STARTING_RUN_KEY, parent_run_id, with_run
-from ._ids import new_run_id
+from ._ids import now_run_id
 from ._model import Run, iso_from_ns
 from ._redact import clean_metadata, clean_summary, metadata_json
 from ._setup import project_root_for_run, run_tracer
@@ -120,8 +119,7 @@ class RunScope:
         if not validated:
             validate_run_type(run_type, subtype)
         root = project_root_for_run(project_root)
-        now_ns = time.time_ns()
-        run_id = new_run_id(now_ns)
+        run_id, now_ns = now_run_id()
         parent_ctx = otel_context.get_current()
         meta = dict(metadata or {})
         self._initial_metadata = metadata_json(meta)

@@ -15,6 +15,9 @@ def test_run_ids_are_unique_sortable_url_safe_and_short() -> None:
     ids = [new_run_id() for _ in range(5000)]
     assert len(set(ids)) == len(ids)
     assert ids == sorted(ids)  # strictly in creation order within a process, even in a burst
+    new_run_id(datetime(2099, 1, 1, tzinfo=timezone.utc))  # an explicit time leaves the order alone
+    more = [new_run_id() for _ in range(2000)]
+    assert more == sorted(more) and more[0] > ids[-1]
     assert all(re.fullmatch(r"[0-9A-Za-z_-]+", i) for i in ids)
     assert all(len(i) <= 30 for i in ids)
     early = new_run_id(datetime(2026, 1, 1, tzinfo=timezone.utc))
