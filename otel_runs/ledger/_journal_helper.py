@@ -148,6 +148,8 @@ def _serve(project_root: str, branch: str, tag_prefix: str | None, fsync: bool) 
                 stdout.write(f"ERR {type(exc).__name__}: {exc}".replace("\n", " ").encode()
                              + b"\n")
             stdout.flush()
+    except (BrokenPipeError, ConnectionResetError):
+        return  # the parent is gone: its journal keeps the runs for the next process
     finally:
         store.close()
 
