@@ -145,24 +145,23 @@ class JournalWriter:
         """Record that run ``run_id`` started (for crash recovery; never fsynced)."""
         line = encode_line({"e": "start", **record})
         with self._lock:
-            if self._fd is None:
-                self._open_locked()
-            assert self._fd is not None
-            _write_all(self._fd, line)
-            self._size += len(line)
-            self._written += 1
+            self._write_locked(line)
             self._open_runs[run_id] = record
+
+    def _write_locked(self, line: bytes) -> None:
+        """Append ``line`` to the current segment (the caller holds the lock)."""
+        if self._fd is None:
+            self._open_locked()
+        assert self._fd is not None
+        _write_all(self._fd, line)
+        self._size += len(line)
+        self._written += 1
 
     def append_end(self, run_id: str, line: bytes) -> int:
         """Durably append ``line`` (an ``end`` record of :func:`encode_line`) for a
         finished run; return the segment it went to."""
         with self._lock:
-            if self._fd is None:
-                self._open_locked()
-            assert self._fd is not None
-            _write_all(self._fd, line)
-            self._size += len(line)
-            self._written += 1
+            self._write_locked(line)
             mine = self._written
             segment = self._segment
             self._uncommitted[segment] = self._uncommitted.get(segment, 0) + 1
