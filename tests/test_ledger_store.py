@@ -24,7 +24,7 @@ from otel_runs.ledger._store import GitStore
 
 BASE = datetime(2026, 11, 27, 10, 0, tzinfo=timezone.utc)
 PATH_RE = re.compile(
-    r"^ledger/runs/\d{4}/\d{2}/\d{2}/[0-9a-f]/[0-9a-f]/[0-9a-f]/"
+    r"^ledger/runs/\d{4}/\d{2}/\d{2}/[0-9a-f]/[0-9a-f]/[0-9a-f]/[0-9a-f]/"
     r"(\d{8}T\d{9}Z-[0-9a-f]{10})/(run\.json|spans\.jsonl)$"
 )
 

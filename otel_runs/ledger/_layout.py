@@ -2,12 +2,12 @@
 
 Layout (see docs/ledger-storage.md)::
 
-    ledger/runs/<YYYY>/<MM>/<DD>/<a>/<b>/<c>/<run_id>/run.json
-                                              .../spans.jsonl   (only when the run has child spans)
+    ledger/runs/<YYYY>/<MM>/<DD>/<a>/<b>/<c>/<d>/<run_id>/run.json
+                                                  .../spans.jsonl   (only when the run has child spans)
 
-``YYYY/MM/DD`` is the run's start day (UTC, from the id); ``a/b/c`` are the first three hex
-digits of ``sha1(run_id)``: 4,096 buckets per day, so a day with 100k runs keeps every tree
-small (16 entries above the bucket, ~25 runs in it) and a commit rewrites only the trees on the
+``YYYY/MM/DD`` is the run's start day (UTC, from the id); ``a/b/c/d`` are the first four hex
+digits of ``sha1(run_id)``: 65,536 buckets per day, so a day with 100k runs keeps every tree
+small (16 entries above the bucket, ~1.5 runs in it) and a commit rewrites only the trees on the
 paths of the runs it adds, whatever the size of the ledger.
 
 Each ledger commit lists the runs it added, one line each, after a title line::
@@ -41,7 +41,7 @@ LEDGER_ROOT = ("ledger", "runs")
 RUN_FILE = "run.json"
 SPANS_FILE = "spans.jsonl"
 #: Hex digits of sha1(run_id) used as bucket directories (one level each).
-BUCKET_DIGITS = 3
+BUCKET_DIGITS = 4
 INDEX_SUMMARY_CHARS = 200
 
 _LINE_RE = re.compile(rf"^({RUN_ID_PATTERN})\t([^\t]*)\t([^\t]*)\t([^\t]*)\t?(.*)$")
