@@ -21,7 +21,23 @@ class InvalidRunId(ValueError):
     """A run id from outside does not have the run id format."""
 
 
-_stamp_cache: tuple[int, str] = (-1, "")
+class SecondStamp:
+    """``time.strftime(fmt)`` of a UTC second, remembering the last second formatted
+    (run ids and ISO times are made many times a second)."""
+
+    def __init__(self, fmt: str) -> None:
+        self._fmt = fmt
+        self._last: tuple[int, str] = (-1, "")
+
+    def __call__(self, sec: int) -> str:
+        last_sec, text = self._last
+        if last_sec != sec:
+            text = time.strftime(self._fmt, time.gmtime(sec))
+            self._last = (sec, text)  # one tuple: safe to share between threads
+        return text
+
+
+_id_stamp = SecondStamp("%Y%m%dT%H%M%S")
 _last: tuple[int, int] = (-1, 0)  # (ms, random part) of the previous id
 _last_lock = threading.Lock()
 
@@ -44,13 +60,8 @@ def _next_suffix(ms: int) -> int:
 
 
 def _format(ms: int, rnd: int) -> str:
-    global _stamp_cache
     sec, rem = divmod(ms, 1000)
-    cached_sec, prefix = _stamp_cache
-    if cached_sec != sec:
-        prefix = time.strftime("%Y%m%dT%H%M%S", time.gmtime(sec))
-        _stamp_cache = (sec, prefix)
-    return f"{prefix}{rem:03d}Z-{rnd:010x}"
+    return f"{_id_stamp(sec)}{rem:03d}Z-{rnd:010x}"
 
 
 def now_run_id() -> tuple[str, int]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
@@ -13,6 +12,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import format_span_id, format_trace_id
 
 from . import _attributes as A
+from ._ids import SecondStamp
 
 __all__ = ["Run", "RunStatus", "STATUSES", "iso_from_ns"]
 
@@ -24,18 +24,13 @@ RunStatus = Literal["running", "ok", "failed", "cancelled", "interrupted"]
 STATUSES: tuple[str, ...] = ("running", "ok", "failed", "cancelled", "interrupted")
 
 
-_second_cache: tuple[int, str] = (-1, "")
+_iso_stamp = SecondStamp("%Y-%m-%dT%H:%M:%S")
 
 
 def iso_from_ns(ns: int) -> str:
     """ISO-8601 UTC with microseconds and a ``Z`` (``2026-11-27T10:15:00.123456Z``)."""
-    global _second_cache
     sec, rem = divmod(ns, 1_000_000_000)
-    cached_sec, prefix = _second_cache
-    if cached_sec != sec:
-        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        _second_cache = (sec, prefix)
-    return f"{prefix}.{rem // 1000:06d}Z"
+    return f"{_iso_stamp(sec)}.{rem // 1000:06d}Z"
 
 
 def _jsonable_attrs(attrs: Mapping[str, Any] | None) -> dict[str, Any]:

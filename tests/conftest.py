@@ -116,6 +116,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def port_open(port: int) -> bool:
+    """True once something accepts connections on 127.0.0.1:``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
     """Poll ``predicate`` until truthy (bounded); return its value or raise."""
     deadline = time.monotonic() + timeout
@@ -145,11 +154,7 @@ class LiveServer:
         return self
 
     def _ready(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
+        return port_open(self.port)
 
     def stop(self) -> None:
         self.server.shutdown()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import free_port, wait_until
+from conftest import free_port, port_open, wait_until
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
@@ -75,11 +74,7 @@ class ServerProcess:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"server exited with {self.proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
+        return port_open(self.port)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
