@@ -22,14 +22,3 @@ RUN_PROJECT_ROOT = "run.project_root"
 
 #: W3C Baggage key that carries the current run id to other services.
 BAGGAGE_RUN_ID = "otel_runs.run_id"
-
-ALL = (
-    RUN_ID,
-    RUN_TYPE,
-    RUN_SUBTYPE,
-    RUN_STATUS,
-    RUN_SUMMARY,
-    RUN_PARENT_ID,
-    RUN_METADATA,
-    RUN_PROJECT_ROOT,
-)

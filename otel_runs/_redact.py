@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
+
+from ._settings import OTEL_RUNS_SECRET_KEYS, env_str
 
 __all__ = [
     "MAX_SUMMARY_CHARS",
@@ -44,7 +45,9 @@ SECRET_KEY_PARTS: set[str] = {
     "access_key",
 }
 SECRET_KEY_PARTS.update(
-    p.strip().lower() for p in os.environ.get("OTEL_RUNS_SECRET_KEYS", "").split(",") if p.strip()
+    p.strip().lower()
+    for p in (env_str(OTEL_RUNS_SECRET_KEYS) or "").split(",")
+    if p.strip()
 )
 
 

@@ -27,7 +27,6 @@ logger = logging.getLogger("otel_runs")
 @dataclass
 class _State:
     provider: TracerProvider | None = None
-    owns_provider: bool = False
     tracer: trace.Tracer | None = None
     default_root: str | None = None
     ledger_enabled: bool | None = None  # None: not decided yet (then OTEL_RUNS_LEDGER)
@@ -118,7 +117,7 @@ def _ensure_provider(service_name: str | None, sampler: Sampler | None,
     if not isinstance(getattr(tracer, "sampler", None), RunAwareSampler) and hasattr(tracer, "sampler"):
         # The application's provider: make only our run spans sampling-proof.
         tracer.sampler = RunAwareSampler(tracer.sampler)
-    _state.provider, _state.owns_provider, _state.tracer = provider, owns, tracer
+    _state.provider, _state.tracer = provider, tracer
     if owns:
         trace.set_tracer_provider(provider)
     if owns or otlp_endpoint:
@@ -178,11 +177,6 @@ def project_root_for_run(project_root: str | os.PathLike[str] | None) -> str | N
         with _lock:
             _ensure_ledger(resolved)
     return resolved
-
-
-def default_project_root() -> str | None:
-    """The configured default project root, if any."""
-    return _state.default_root
 
 
 def ledger_processor(project_root: str | os.PathLike[str]) -> SpanProcessor | None:

@@ -31,9 +31,13 @@ def git(cwd: Path | str, *args: str, check: bool = True) -> str:
 @pytest.fixture(autouse=True)
 def _isolated_otel_runs(tmp_path_factory: pytest.TempPathFactory,
                         monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Never let a test write a ledger into this checkout; start each test clean."""
+    """Never let a test write a ledger into this checkout or export to the developer's
+    collector (OTLP settings from the environment are removed); start each test clean."""
     scratch = tmp_path_factory.mktemp("default-root")
     monkeypatch.setenv("OTEL_RUNS_PROJECT_ROOT", str(scratch))
+    for name in list(os.environ):
+        if name.startswith("OTEL_EXPORTER_OTLP_") or name == "OTEL_TRACES_EXPORTER":
+            monkeypatch.delenv(name)
     yield
     otel_runs.shutdown()
 

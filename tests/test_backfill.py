@@ -37,14 +37,6 @@ class _Recorder(SpanProcessor):
             self.spans.append(span)
 
 
-@pytest.fixture(autouse=True)
-def _no_otlp_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                 "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-                 "OTEL_TRACES_EXPORTER"):
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.fixture
 def history(git_repo: Path) -> dict[str, Any]:
     """A real ledger with runs (with child spans, events, a failure) and the original spans."""

@@ -21,18 +21,9 @@ import otel_runs
 from otel_runs.exporters import otlp
 from otel_runs.flask import RunTracking
 
-_OTLP_VARS = [
-    "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-    "OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-    "OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_TRACES_EXPORTER",
-]
-
 
 @pytest.fixture(autouse=True)
-def _clean_otlp_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in _OTLP_VARS:
-        monkeypatch.delenv(name, raising=False)
+def _fast_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
 
 

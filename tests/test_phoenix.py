@@ -117,9 +117,6 @@ def _attrs(span: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
 def test_run_arrives_in_phoenix_and_is_found_by_trace_id(
         protocol: str, phoenix: Phoenix, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                 "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_TRACES_EXPORTER"):
-        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
     endpoint = phoenix.url if protocol == "http/protobuf" else f"http://127.0.0.1:{phoenix.grpc_port}"
     feed = CollectingProcessor()
