@@ -37,7 +37,14 @@ from otel_runs.exporters import RunProcessor
 
 
 class NothingProcessor(RunProcessor):
-    """Receives every run and does nothing with it."""
+    """Receives the runs of one project (case b's) and does nothing with them: case c
+    shares the process-wide provider and must not pay for this processor."""
+
+    def __init__(self, project_root: Path) -> None:
+        self.project_root = str(project_root.resolve())
+
+    def accepts(self, span: Any) -> bool:
+        return (span.attributes or {}).get("run.project_root") == self.project_root
 
     def on_run_start(self, run: otel_runs.Run) -> None:
         pass
@@ -99,7 +106,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="otel-runs-overhead-"))
     no_ledger_root = tmp / "not-a-repo"  # no git repository here: case b has no ledger
     no_ledger_root.mkdir()
-    otel_runs.configure(no_ledger_root, ledger=False, processors=[NothingProcessor()])
+    otel_runs.configure(no_ledger_root, ledger=False, processors=[NothingProcessor(no_ledger_root)])
     cases: dict[str, Callable[[], Flask]] = {"a": instrumented_only,
                                              "b": lambda: tracked(no_ledger_root, "b")}
     try:

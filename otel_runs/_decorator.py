@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from flask import Flask, Response, after_this_request
+from flask import Flask, after_this_request
 from flask.globals import _cv_app, _cv_request
 
 from ._taxonomy import validate_run_type
@@ -71,6 +71,7 @@ def run_tracked(
                         try:
                             response = app.make_response(await fn(*args, **kwargs))
                         except BaseException as exc:
+                            rules.header_on_error_response(scope)
                             scope.finish(exc)
                             raise
                     return rules.finish_view_run(app, scope, response)
@@ -92,20 +93,25 @@ def run_tracked(
             app = _dispatching_app(wrapper)
             if app is not None:
                 scope = rules.start_view_run(app)
-                with scope.activated():
-                    try:
-                        response = app.make_response(fn(*args, **kwargs))
-                    except BaseException as exc:
-                        scope.finish(exc)
-                        raise
-                return rules.finish_view_run(app, scope, response)
-            scope = rules.start_run()
-            with scope.activated():
+                tokens = scope.activate()  # no context manager: this is the hot path
                 try:
-                    result = fn(*args, **kwargs)
+                    response = app.make_response(fn(*args, **kwargs))
                 except BaseException as exc:
+                    rules.header_on_error_response(scope)
                     scope.finish(exc)
                     raise
+                finally:
+                    scope.deactivate(tokens)
+                return rules.finish_view_run(app, scope, response)
+            scope = rules.start_run()
+            tokens = scope.activate()
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                scope.finish(exc)
+                raise
+            finally:
+                scope.deactivate(tokens)
             rules.finish_call_run(scope, result)
             return result
 
@@ -153,17 +159,20 @@ class _Rules:
         return RunScope(self._root(), self.run_type, self.subtype, self.summary, validated=True)
 
     def start_view_run(self, app: Flask) -> RunScope:
-        scope = RunScope(app.config.get("PROJECT_ROOT"), self.run_type, self.subtype,
-                         self.summary, validated=True)
+        return RunScope(app.config.get("PROJECT_ROOT"), self.run_type, self.subtype,
+                        self.summary, validated=True)
+
+    @staticmethod
+    def header_on_error_response(scope: RunScope) -> None:
+        """The view raised: put ``X-Run-Id`` on the response Flask's error handling
+        builds (``after_this_request`` runs in ``process_response`` for it too)."""
         run_id = scope.handle.run_id
 
         def add_run_id_header(response: Any) -> Any:
             response.headers[RUN_ID_HEADER] = run_id
             return response
 
-        # Runs in process_response: also on the response an error handler built.
         after_this_request(add_run_id_header)
-        return scope
 
     def outcome(self, body: dict[str, Any]) -> tuple[str | None, str | None]:
         status = None
@@ -188,6 +197,7 @@ class _Rules:
     def finish_view_run(self, app: Flask, scope: RunScope, response: Any) -> Any:
         """Derive the run's outcome from the view's response, add ``run_id``, end
         the run (or hand it to the stream)."""
+        response.headers[RUN_ID_HEADER] = scope.handle.run_id
         http_failed = response.status_code >= 400
         if response.is_streamed:
             response.response = _RunStream(scope, response.response, http_failed)
@@ -195,7 +205,8 @@ class _Rules:
         status: str | None = "failed" if http_failed else None
         summary: str | None = None
         if response.is_json:
-            body = _json_body(app, response)
+            raw = response.get_data()
+            body = _json_body(app, raw)
             if isinstance(body, dict):
                 try:
                     body_status, summary = self.outcome(body)
@@ -204,16 +215,16 @@ class _Rules:
                     body_status = None
                 status = status or body_status
                 if "run_id" not in body:
-                    response.set_data(_with_run_id(response.get_data(), scope.handle.run_id))
+                    response.set_data(_with_run_id(raw, scope.handle.run_id))
         scope.finish(None, status or "ok", summary)
         return response
 
 
-def _json_body(app: Flask, response: Response) -> Any:
+def _json_body(app: Flask, raw: bytes) -> Any:
     """``response.get_json(silent=True)`` without its proxy lookups (same parser:
     the app's JSON provider)."""
     try:
-        return app.json.loads(response.get_data())
+        return app.json.loads(raw)
     except ValueError:
         return None
 

@@ -89,56 +89,75 @@ class Run:
         """Build a Run from a run span (running if the span has not ended).
 
         ``started``, the Run built from this same span when it started, lends the
-        fields a span cannot change (trace and span id, start time, service)."""
+        fields that are fixed when a run starts (ids, type, subtype, parent, start
+        time, service): for an ended span only status, summary, metadata and events
+        are read from it."""
+        end = span.end_time
+        if started is not None and end is not None:
+            return cls._ended(span, started, end)
         attrs = dict(span.attributes or {})  # one copy: plain dict lookups from here on
         run_id = attrs.get(A.RUN_ID)
         run_type = attrs.get(A.RUN_TYPE)
         if not isinstance(run_id, str) or not isinstance(run_type, str):
             raise ValueError(f"span {span.name!r} is not a run span (no {A.RUN_TYPE} attribute)")
-        raw_meta = attrs.get(A.RUN_METADATA)
-        metadata: Any = {}
-        if raw_meta is not None and raw_meta != "{}":
-            try:
-                metadata = json.loads(str(raw_meta))
-            except ValueError:
-                metadata = {"_unparsed": str(raw_meta)}
         start = span.start_time or 0
-        end = span.end_time
         status = "running" if end is None else str(attrs.get(A.RUN_STATUS, "ok"))
-        if started is not None:
-            trace_id, span_id = started.trace_id, started.span_id
-            started_at, service = started.started_at, started.service
-        else:
-            ctx = span.context
-            trace_id = format_trace_id(ctx.trace_id) if ctx else ""
-            span_id = format_span_id(ctx.span_id) if ctx else ""
-            started_at = iso_from_ns(start)
-            service = str(span.resource.attributes.get("service.name", "") if span.resource else "")
+        ctx = span.context
         parent = attrs.get(A.RUN_PARENT_ID)
-        events = span.events  # a fresh tuple on each access
         return cls(
             run_id=run_id,
             type=run_type,
             subtype=str(attrs.get(A.RUN_SUBTYPE, span.name)),
             status=status,
             summary=str(attrs.get(A.RUN_SUMMARY, "")),
-            started_at=started_at,
+            started_at=iso_from_ns(start),
             ended_at=None if end is None else iso_from_ns(end),
             duration_ms=None if end is None else round((end - start) / 1e6, 3),
-            metadata=metadata if isinstance(metadata, dict) else {"_value": metadata},
-            trace_id=trace_id,
-            span_id=span_id,
+            metadata=_metadata(attrs.get(A.RUN_METADATA)),
+            trace_id=format_trace_id(ctx.trace_id) if ctx else "",
+            span_id=format_span_id(ctx.span_id) if ctx else "",
             parent_run_id=parent if isinstance(parent, str) else None,
-            service=service,
-            events=[
-                {
-                    "name": ev.name,
-                    "timestamp": iso_from_ns(ev.timestamp),
-                    "attributes": _jsonable_attrs(ev.attributes),
-                }
-                for ev in events
-            ],
+            service=str(span.resource.attributes.get("service.name", "") if span.resource else ""),
+            events=_events(span),
         )
+
+    @classmethod
+    def _ended(cls, span: ReadableSpan, started: Run, end: int) -> Run:
+        """``from_span`` of an ended span whose start Run is known: only what a run
+        can change while open is read from the span (status, summary, metadata,
+        events); ids, type, subtype, parent and start come from ``started``."""
+        attrs = span.attributes or {}
+        raw_meta = attrs.get(A.RUN_METADATA)
+        return cls(
+            started.run_id, started.type, started.subtype,
+            str(attrs.get(A.RUN_STATUS, "ok")),
+            str(attrs.get(A.RUN_SUMMARY, "")),
+            started.started_at,
+            iso_from_ns(end),
+            round((end - (span.start_time or 0)) / 1e6, 3),
+            started.metadata if raw_meta is None else _metadata(raw_meta),
+            started.trace_id, started.span_id, started.parent_run_id, started.service,
+            _events(span),
+        )
+
+
+def _metadata(raw: Any) -> dict[str, Any]:
+    """The ``run.metadata`` attribute (JSON text) as a dict."""
+    if raw is None or raw == "{}":
+        return {}
+    try:
+        value = json.loads(str(raw))
+    except ValueError:
+        return {"_unparsed": str(raw)}
+    return value if isinstance(value, dict) else {"_value": value}
+
+
+def _events(span: ReadableSpan) -> list[dict[str, Any]]:
+    return [
+        {"name": ev.name, "timestamp": iso_from_ns(ev.timestamp),
+         "attributes": _jsonable_attrs(ev.attributes)}
+        for ev in span.events
+    ]
 
 
 def span_to_dict(span: ReadableSpan) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from ._model import Run, iso_from_ns
 from ._redact import clean_metadata, clean_summary, metadata_json
 from ._setup import project_root_for_run, run_tracer
 from ._taxonomy import validate_run_type
+from .exporters._run_processor import forget_run_span
 
 __all__ = ["RunHandle", "current_run", "tracked_run"]
 
@@ -121,9 +122,10 @@ class RunScope:
         root = project_root_for_run(project_root)
         run_id, now_ns = now_run_id()
         parent_ctx = otel_context.get_current()
-        meta = dict(metadata or {})
+        meta = dict(metadata) if metadata else {}
         self._initial_metadata = metadata_json(meta)
-        summary = clean_summary(summary)
+        if summary:
+            summary = clean_summary(summary)
         # Only what is known and non-empty: every span attribute costs (status
         # "running" is implied until the run ends).
         attributes: dict[str, Any] = {A.RUN_ID: run_id, A.RUN_TYPE: run_type, A.RUN_SUBTYPE: subtype}
@@ -137,7 +139,7 @@ class RunScope:
         if parent is not None:
             attributes[A.RUN_PARENT_ID] = parent
         # The Run as processors' on_start will see it (they add the span's ids).
-        starting = Run(run_id, run_type, subtype, summary=summary, started_at=iso_from_ns(now_ns),
+        starting = Run(run_id, run_type, subtype, "running", summary, iso_from_ns(now_ns),
                        metadata=json.loads(self._initial_metadata) if meta else {},
                        parent_run_id=parent)
         span = run_tracer().start_span(
@@ -147,6 +149,16 @@ class RunScope:
         self.handle = RunHandle(run_id, run_type, subtype, summary, meta, span)
         self.context = with_run(run_id, trace.set_span_in_context(span, parent_ctx))
         self.finished = False
+
+    def activate(self) -> tuple[object, contextvars.Token[RunHandle | None]]:
+        """Make the run current; pass the result to :meth:`deactivate`."""
+        return otel_context.attach(self.context), _current.set(self.handle)
+
+    @staticmethod
+    def deactivate(tokens: tuple[object, contextvars.Token[RunHandle | None]]) -> None:
+        """Undo :meth:`activate`."""
+        _current.reset(tokens[1])
+        otel_context.detach(tokens[0])  # type: ignore[arg-type]
 
     @contextmanager
     def activated(self) -> Iterator[RunHandle]:
@@ -185,11 +197,12 @@ class RunScope:
         span.set_attributes(final)
         if status == "failed":
             span.set_status(Status(StatusCode.ERROR, summary or "failed"))
-        elif status == "ok":
-            span.set_status(Status(StatusCode.OK))
+        # Otherwise the span status stays UNSET, as OpenTelemetry asks of
+        # instrumentation (``run.status`` says ``ok`` or ``cancelled``).
         h._status = status
         h._summary = summary
         span.end()
+        forget_run_span(span.get_span_context().span_id)
         return status
 
 

@@ -85,7 +85,6 @@ class _Resources:
 
 
 _RUN_SCOPE = InstrumentationScope("otel_runs")
-_STATUS = {"ok": StatusCode.OK, "failed": StatusCode.ERROR}
 
 
 def run_span(run: Run, resource: Resource, project_root: str | None = None) -> ReadableSpan:
@@ -102,7 +101,8 @@ def run_span(run: Run, resource: Resource, project_root: str | None = None) -> R
         attrs[A.RUN_PARENT_ID] = run.parent_run_id
     if project_root:
         attrs[A.RUN_PROJECT_ROOT] = project_root
-    code = _STATUS.get(run.status, StatusCode.UNSET)
+    # As the live run span: ERROR when failed, else UNSET (run.status says the rest).
+    code = StatusCode.ERROR if run.status == "failed" else StatusCode.UNSET
     return ReadableSpan(
         name=run.subtype,
         context=_context(run.trace_id, run.span_id),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from opentelemetry.context import Context, get_value
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import format_span_id, format_trace_id
 
@@ -13,7 +14,7 @@ from .._context import STARTING_RUN_KEY, local_run_id
 from .._model import Run
 from .._ratelimit import RateLimitedLog
 
-__all__ = ["RunProcessor", "is_run_span"]
+__all__ = ["RunProcessor", "forget_run_span", "is_run_span", "run_of"]
 
 logger = logging.getLogger("otel_runs.exporters")
 _errors = RateLimitedLog(logger)
@@ -24,6 +25,14 @@ def is_run_span(span: ReadableSpan) -> bool:
     return bool(span.attributes) and A.RUN_TYPE in span.attributes  # type: ignore[operator]
 
 
+#: The Run each open run span had at start, by span id, until the span ends: the
+#: span handed to ``on_end`` is a fresh ``ReadableSpan``, so this is how the end
+#: Run borrows the fields a span cannot change. ``RunScope`` drops its entry after
+#: ``end()`` in case no processor did; the cap bounds spans ended some other way.
+_started_runs: dict[int, Run] = {}
+_MAX_STARTED = 10_000
+
+
 def run_of(span: ReadableSpan, parent_context: Context | None = None) -> Run:
     """``Run.from_span(span)``, built once per span state and shared by every
     processor (so hooks must treat the Run as read-only). At start, the Run the
@@ -32,15 +41,24 @@ def run_of(span: ReadableSpan, parent_context: Context | None = None) -> Run:
     cached = getattr(span, "_otel_runs_run", None)
     if cached is not None and cached[0] == key:
         return cached[1]  # type: ignore[no-any-return]
+    ctx = span.context
+    span_id = ctx.span_id if ctx is not None else 0
     if key is None:
         run = _starting_run(span, parent_context) or Run.from_span(span)
-    else:  # the Run cached at start, if any, lends the fields a span cannot change
-        run = Run.from_span(span, started=cached[1] if cached is not None else None)
+        if len(_started_runs) < _MAX_STARTED:
+            _started_runs[span_id] = run
+    else:  # the Run of the span's start, if any, lends the fields a span cannot change
+        run = Run.from_span(span, started=_started_runs.pop(span_id, None))
     try:
         span._otel_runs_run = (key, run)  # type: ignore[attr-defined]
     except AttributeError:  # a span type with __slots__: just don't cache
         pass
     return run
+
+
+def forget_run_span(span_id: int) -> None:
+    """Drop what :func:`run_of` kept for an ended run span (no-op if nothing)."""
+    _started_runs.pop(span_id, None)
 
 
 def _starting_run(span: ReadableSpan, parent_context: Context | None) -> Run | None:
@@ -52,9 +70,24 @@ def _starting_run(span: ReadableSpan, parent_context: Context | None) -> Run | N
     ctx = span.context
     if ctx is not None:
         run.trace_id, run.span_id = format_trace_id(ctx.trace_id), format_span_id(ctx.span_id)
-    if span.resource is not None:
-        run.service = str(span.resource.attributes.get("service.name", ""))
+    run.service = _service_name(span.resource)
     return run
+
+
+_services: dict[int, tuple[Resource, str]] = {}
+
+
+def _service_name(resource: Resource | None) -> str:
+    """``service.name`` of a resource (a provider has one: remembered by identity)."""
+    if resource is None:
+        return ""
+    known = _services.get(id(resource))
+    if known is not None and known[0] is resource:
+        return known[1]
+    name = str(resource.attributes.get("service.name", ""))
+    if len(_services) < 64:
+        _services[id(resource)] = (resource, name)
+    return name
 
 
 class RunProcessor(SpanProcessor):
@@ -81,11 +114,14 @@ class RunProcessor(SpanProcessor):
         """A span opened inside run ``run_id`` ended (before the run itself)."""
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        if is_run_span(span) and self._accepts(span):
+        attrs = span.attributes
+        if attrs and A.RUN_TYPE in attrs and self._accepts(span):
             self._call(self.on_run_start, "on_run_start", span, parent_context)
 
     def on_end(self, span: ReadableSpan) -> None:
-        attrs = span.attributes or {}
+        attrs = span.attributes
+        if not attrs:
+            return
         if A.RUN_TYPE in attrs:
             if self._accepts(span):
                 self._call(self.on_run_end, "on_run_end", span)
@@ -99,6 +135,8 @@ class RunProcessor(SpanProcessor):
                 )
 
     def _accepts(self, span: ReadableSpan) -> bool:
+        if type(self).accepts is RunProcessor.accepts:
+            return True
         try:
             return self.accepts(span)
         except Exception:
