@@ -238,8 +238,11 @@ def _stream(hub: Hub, sub: Any, heartbeat: float, retry_ms: int,
     After each write the reader sleeps at least ``linger`` seconds (longer with
     many streams: ``streams / STREAM_WAKEUPS_PER_SECOND``, at most 1 s), so the
     events published meanwhile go out in one write: the fan-out cost per second
-    stays flat as clients are added, at the price of that much latency.
+    stays flat as clients are added, at the price of that much latency. A batch
+    of the hub's full chunk size means a backlog: the next one follows at once
+    (else a reader could never catch up with more than a chunk per pause).
     """
+    chunk = getattr(hub, "client_queue", None)  # a batch this big: more may be waiting
     try:
         yield f"retry: {retry_ms}\n: connected\n\n".encode()
         while True:
@@ -249,6 +252,8 @@ def _stream(hub: Hub, sub: Any, heartbeat: float, retry_ms: int,
                 return
             if batch:
                 yield b"".join(ev.frame for ev in batch)
+                if chunk is not None and len(batch) >= chunk:
+                    continue  # a backlog handed out in chunks: no pause until it is drained
                 pause = max(linger, min(_MAX_LINGER,
                                         hub.subscriber_count / STREAM_WAKEUPS_PER_SECOND))
                 if pause > 0:
