@@ -18,7 +18,9 @@ App config (``app.config``, defaults set at registration):
 ``OTEL_RUNS_SSE_SLOW_AFTER`` (...once its stream has not come back for 2.0 s),
 ``OTEL_RUNS_SSE_RETRY_MS`` (2000, the browser's reconnect delay),
 ``OTEL_RUNS_SSE_LINGER`` (0.05 s: the least time a stream waits after a write, so
-the events of a burst are sent together; see :data:`STREAM_WAKEUPS_PER_SECOND`).
+the events of a burst are sent together), ``OTEL_RUNS_SSE_WAKEUPS`` (100: how often
+per second all streams together may wake up to write; with many streams each waits
+``streams / wakeups`` s, at most 1 s — less CPU per event, more latency).
 """
 
 from __future__ import annotations
@@ -214,50 +216,60 @@ def events() -> Response:
     heartbeat = float(current_app.config["OTEL_RUNS_SSE_HEARTBEAT"])
     retry_ms = int(current_app.config["OTEL_RUNS_SSE_RETRY_MS"])
     linger = float(current_app.config["OTEL_RUNS_SSE_LINGER"])
+    wakeups = float(current_app.config["OTEL_RUNS_SSE_WAKEUPS"])
     try:
         sub = hub.subscribe(last_id)
     except Exception as exc:
         logger.warning("otel-runs: cannot subscribe to the event hub: %s", exc)
         raise ApiError(503, f"the event hub is not available: {exc}") from None
-    resp = Response(_stream(hub, sub, heartbeat, retry_ms, linger), mimetype="text/event-stream")
+    resp = Response(_stream(hub, sub, heartbeat, retry_ms, linger, wakeups), mimetype="text/event-stream")
     resp.headers["Cache-Control"] = "no-store"
     resp.headers["X-Accel-Buffering"] = "no"
     return resp
 
 
-#: All streams of a hub together wake up at most about this often per second.
-STREAM_WAKEUPS_PER_SECOND = 200.0
+#: All streams of a hub together wake up at most about this often per second
+#: (the default of ``OTEL_RUNS_SSE_WAKEUPS``).
+STREAM_WAKEUPS_PER_SECOND = 100.0
 _MAX_LINGER = 1.0
 
 
-def _stream(hub: Hub, sub: Any, heartbeat: float, retry_ms: int,
-            linger: float) -> Iterator[bytes]:
+def _stream(hub: Hub, sub: Any, heartbeat: float, retry_ms: int, linger: float,
+            wakeups: float = STREAM_WAKEUPS_PER_SECOND) -> Iterator[bytes]:
     """Yield SSE frames until the client goes (the server's write fails and closes
     this generator), the reader is dropped, or the hub closes.
 
     After each write the reader sleeps at least ``linger`` seconds (longer with
-    many streams: ``streams / STREAM_WAKEUPS_PER_SECOND``, at most 1 s), so the
-    events published meanwhile go out in one write: the fan-out cost per second
-    stays flat as clients are added, at the price of that much latency. A batch
+    many streams: ``streams / wakeups``, at most 1 s; aligned to multiples of the
+    pause, so streams wake together), so the events published meanwhile go out
+    in one write: the fan-out cost per second stays flat as clients are added,
+    at the price of that much latency. A batch
     of the hub's full chunk size means a backlog: the next one follows at once
     (else a reader could never catch up with more than a chunk per pause).
     """
     chunk = getattr(hub, "client_queue", None)  # a batch this big: more may be waiting
+    next_frames = getattr(sub, "next_frames", None)  # the in-process hub's fast path
     try:
         yield f"retry: {retry_ms}\n: connected\n\n".encode()
         while True:
             try:
-                batch = sub.next_batch(heartbeat)
+                if next_frames is not None:
+                    count, data = next_frames(heartbeat)
+                else:
+                    batch = sub.next_batch(heartbeat)
+                    count, data = len(batch), b"".join(ev.frame for ev in batch)
             except SubscriberDroppedError:
                 return
-            if batch:
-                yield b"".join(ev.frame for ev in batch)
-                if chunk is not None and len(batch) >= chunk:
+            if count:
+                yield data
+                if chunk is not None and count >= chunk:
                     continue  # a backlog handed out in chunks: no pause until it is drained
                 pause = max(linger, min(_MAX_LINGER,
-                                        hub.subscriber_count / STREAM_WAKEUPS_PER_SECOND))
+                                        hub.subscriber_count / wakeups))
                 if pause > 0:
-                    time.sleep(pause)
+                    # To the next multiple of pause: streams wake together, in one burst
+                    # (warm caches, one interruption of the request threads), not scattered.
+                    time.sleep(pause - time.monotonic() % pause)
             else:
                 yield b": heartbeat\n\n"
     finally:
@@ -294,6 +306,7 @@ def register(app: Flask, state: Any) -> None:
     app.config.setdefault("OTEL_RUNS_SSE_SLOW_AFTER", 2.0)
     app.config.setdefault("OTEL_RUNS_SSE_RETRY_MS", 2000)
     app.config.setdefault("OTEL_RUNS_SSE_LINGER", 0.05)
+    app.config.setdefault("OTEL_RUNS_SSE_WAKEUPS", STREAM_WAKEUPS_PER_SECOND)
     hub: Hub | None = state.extra.get("hub")
     if hub is None:
         hub = hub_from_settings(buffer_size=int(app.config["OTEL_RUNS_SSE_BUFFER"]),

@@ -164,6 +164,9 @@ class EventHub:
         self.epoch = time.time_ns() // 1_000_000
         self._seq = 0
         self._buffer: deque[tuple[int, Event]] = deque(maxlen=buffer_size)
+        #: The same events' SSE frames, index for index: a stream's batch is one
+        #: C-level join over a slice, whatever its length.
+        self._frames: deque[bytes] = deque(maxlen=buffer_size)
         self._cond = threading.Condition(threading.Lock())
         self._subscribers: set[_LocalSubscription] = set()
         self._closed = False
@@ -190,6 +193,7 @@ class EventHub:
             self._seq += 1
             event = Event(self._event_id(self._seq), event_type, text)
             self._buffer.append((self._seq, event))
+            self._frames.append(event.frame)
             self._cond.notify_all()
         return event.id
 
@@ -228,55 +232,60 @@ class EventHub:
     # -- used by subscriptions -------------------------------------------------
 
     def _read(self, sub: _LocalSubscription, timeout: float) -> list[Event]:
-        deadline = time.monotonic() + timeout
         with self._cond:
-            if sub.pending_reset:
-                sub.pending_reset = False
-                return [Event(self._event_id(sub.cursor), RESET_EVENT,
-                              _dumps({"reason": "last event id unknown or too old; reload"}))]
-            while True:
-                if self._closed or sub.closed:
-                    raise SubscriberDroppedError("hub closed")
-                lag = self._seq - sub.cursor
-                if lag > 0:
-                    oldest = self._buffer[0][0]
-                    if sub.cursor < oldest - 1:
-                        raise SubscriberDroppedError("reader fell behind the replay buffer")
-                    if (lag > self.client_queue and sub.cursor >= sub.replay_until
-                            and time.monotonic() - sub.last_read > self.slow_after):
-                        raise SubscriberDroppedError(
-                            f"reader fell {lag} events behind and was away "
-                            f"{time.monotonic() - sub.last_read:.1f}s")
-                    count = min(lag, self.client_queue)
-                    if count == lag:
-                        events = [ev for _, ev in _newest(self._buffer, count)]
-                    else:  # replay, or a burst: hand out one chunk at a time
-                        start = sub.cursor + 1 - oldest
-                        events = [ev for _, ev in islice(self._buffer, start, start + count)]
-                    sub.cursor += count
-                    sub.last_read = time.monotonic()
-                    return events
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    sub.last_read = time.monotonic()
-                    return []
-                self._cond.wait(remaining)
+            span = self._next_locked(sub, timeout)
+            if isinstance(span, Event):
+                return [span]
+            start, count = span
+            return [ev for _, ev in islice(self._buffer, start, start + count)]
+
+    def _read_frames(self, sub: _LocalSubscription, timeout: float) -> tuple[int, bytes]:
+        with self._cond:
+            span = self._next_locked(sub, timeout)
+            if isinstance(span, Event):
+                return 1, span.frame
+            start, count = span
+            return count, b"".join(islice(self._frames, start, start + count))
+
+    def _next_locked(self, sub: _LocalSubscription, timeout: float) -> tuple[int, int] | Event:
+        """Advance ``sub`` over its next events and return their ``(buffer index,
+        count)`` (count 0 on timeout), or the ``reset`` event it must get first.
+        The caller holds the lock and slices the buffer before releasing it."""
+        deadline = time.monotonic() + timeout
+        if sub.pending_reset:
+            sub.pending_reset = False
+            return Event(self._event_id(sub.cursor), RESET_EVENT,
+                         _dumps({"reason": "last event id unknown or too old; reload"}))
+        while True:
+            if self._closed or sub.closed:
+                raise SubscriberDroppedError("hub closed")
+            lag = self._seq - sub.cursor
+            if lag > 0:
+                oldest = self._buffer[0][0]
+                if sub.cursor < oldest - 1:
+                    raise SubscriberDroppedError("reader fell behind the replay buffer")
+                if (lag > self.client_queue and sub.cursor >= sub.replay_until
+                        and time.monotonic() - sub.last_read > self.slow_after):
+                    raise SubscriberDroppedError(
+                        f"reader fell {lag} events behind and was away "
+                        f"{time.monotonic() - sub.last_read:.1f}s")
+                # A replay or a burst is handed out one chunk at a time.
+                count = min(lag, self.client_queue)
+                start = sub.cursor + 1 - oldest
+                sub.cursor += count
+                sub.last_read = time.monotonic()
+                return start, count
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                sub.last_read = time.monotonic()
+                return 0, 0
+            self._cond.wait(remaining)
 
     def _unsubscribe(self, sub: _LocalSubscription) -> None:
         with self._cond:
             sub.closed = True
             self._subscribers.discard(sub)
             self._cond.notify_all()
-
-
-def _newest(buffer: deque[tuple[int, Event]], count: int) -> list[tuple[int, Event]]:
-    out: list[tuple[int, Event]] = []
-    for item in reversed(buffer):
-        if len(out) >= count:
-            break
-        out.append(item)
-    out.reverse()
-    return out
 
 
 class _LocalSubscription:
@@ -293,6 +302,11 @@ class _LocalSubscription:
 
     def next_batch(self, timeout: float) -> list[Event]:
         return self.hub._read(self, timeout)
+
+    def next_frames(self, timeout: float) -> tuple[int, bytes]:
+        """:meth:`next_batch` as ``(event count, their SSE frames joined)``: what a
+        stream writes, without a Python step per event."""
+        return self.hub._read_frames(self, timeout)
 
     def close(self) -> None:
         self.hub._unsubscribe(self)

@@ -143,6 +143,25 @@ def test_a_busy_reader_gets_a_burst_in_chunks_instead_of_being_dropped() -> None
     assert [e.id for e in sum(batches, [])] == ids
 
 
+def test_next_frames_is_next_batch_as_written_bytes_even_after_the_buffer_wrapped() -> None:
+    hub = EventHub(buffer_size=20, client_queue=8, slow_after=60.0)
+    by_batch, by_frames = hub.subscribe(), hub.subscribe()
+    for i in range(15):  # past the buffer's size in total, never behind it
+        hub.publish("run:started", {"n": i})
+        if i % 5 == 4:
+            batch = by_batch.next_batch(1.0)
+            count, data = by_frames.next_frames(1.0)
+            assert count == len(batch) == 5
+            assert data == b"".join(e.to_sse().encode() for e in batch)
+    for i in range(11):
+        hub.publish("run:completed", {"n": i})
+    assert by_frames.next_frames(1.0)[0] == 8  # a burst still comes in chunks
+    assert by_frames.next_frames(1.0)[0] == 3
+    assert by_frames.next_frames(0.05) == (0, b"")
+    reset = hub.subscribe("garbage").next_frames(1.0)
+    assert reset[0] == 1 and reset[1].startswith(b"event: reset\n")
+
+
 def test_a_reader_whose_cursor_left_the_buffer_is_dropped_even_if_busy() -> None:
     hub = EventHub(buffer_size=20, client_queue=10, slow_after=60.0)
     sub = hub.subscribe()
