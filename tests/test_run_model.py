@@ -123,3 +123,62 @@ def test_secrets_never_reach_the_span_and_big_values_are_truncated(collector) ->
     # and not on the raw span attributes either
     for _, span in collector.child_spans:
         assert "hunter2" not in str(span.attributes)
+
+
+def test_the_run_processors_get_at_end_is_what_the_span_says(tmp_path) -> None:  # noqa: ANN001
+    """Processors get the end Run built from the start Run plus what can change (the
+    fast path); it must equal a full ``Run.from_span`` of the finished span."""
+    import otel_runs
+    from otel_runs.exporters import RunProcessor
+
+    class Keeping(RunProcessor):
+        def __init__(self) -> None:
+            self.pairs: list[tuple[Run, object]] = []
+            self.started: dict[str, Run] = {}
+
+        def on_run_start(self, run: Run) -> None:
+            self.started[run.run_id] = run
+
+        def on_end(self, span) -> None:  # noqa: ANN001
+            self._span = span
+            super().on_end(span)
+
+        def on_run_end(self, run: Run) -> None:
+            self.pairs.append((run, self._span))
+
+    proc = Keeping()
+    otel_runs.configure(tmp_path, ledger=False, processors=[proc])
+    with tracked_run(None, "deploy", "deploy:k8s", summary="start", ns="prod", token="x") as outer:
+        outer.metadata["replicas"] = 3
+        outer.add_event("applied", objects=3)
+        with pytest.raises(RuntimeError):
+            with tracked_run(None, "test", "test:unit") as inner:
+                inner.summary = "unit tests"  # set by the body: kept over the error text
+                raise RuntimeError("boom")
+        outer.status = "cancelled"
+    with tracked_run(None, "git", "git:push"):
+        pass
+    assert len(proc.pairs) == 3
+    for run, span in proc.pairs:
+        full = Run.from_span(span)  # type: ignore[arg-type]
+        assert run.to_dict() == full.to_dict()
+        started = proc.started[run.run_id]
+        assert started.status == "running" and started.ended_at is None  # not mutated
+    inner_run, outer_run = proc.pairs[0][0], proc.pairs[1][0]
+    assert inner_run.status == "failed" and inner_run.parent_run_id == outer_run.run_id
+    assert inner_run.summary == "unit tests"
+    assert outer_run.metadata == {"ns": "prod", "token": "***", "replicas": 3}
+    assert outer_run.status == "cancelled" and [e["name"] for e in outer_run.events] == ["applied"]
+
+
+def test_to_dict_is_asdict_in_field_order_and_a_deep_copy() -> None:
+    import dataclasses
+
+    run = Run(run_id=new_run_id(), type="deploy", subtype="deploy:k8s",
+              metadata={"a": {"b": [1, {"c": 2}]}}, events=[{"name": "e", "attributes": {"k": [1]}}])
+    data = run.to_dict()
+    assert list(data) == [f.name for f in dataclasses.fields(Run)]
+    assert data == dataclasses.asdict(run)
+    data["metadata"]["a"]["b"].append(3)
+    data["events"][0]["attributes"]["k"].append(2)
+    assert run.metadata == {"a": {"b": [1, {"c": 2}]}} and run.events[0]["attributes"] == {"k": [1]}
