@@ -267,9 +267,10 @@ def _stream(hub: Hub, sub: Any, heartbeat: float, retry_ms: int, linger: float,
                 pause = max(linger, min(_MAX_LINGER,
                                         hub.subscriber_count / wakeups))
                 if pause > 0:
-                    # To the next multiple of pause: streams wake together, in one burst
-                    # (warm caches, one interruption of the request threads), not scattered.
-                    time.sleep(pause - time.monotonic() % pause)
+                    # To a multiple of pause (at least linger away): streams wake together,
+                    # in one burst (warm caches, one interruption of the request threads).
+                    wait = pause - time.monotonic() % pause
+                    time.sleep(wait + pause if wait < linger else wait)
             else:
                 yield b": heartbeat\n\n"
     finally:
