@@ -222,7 +222,8 @@ def events() -> Response:
     except Exception as exc:
         logger.warning("otel-runs: cannot subscribe to the event hub: %s", exc)
         raise ApiError(503, f"the event hub is not available: {exc}") from None
-    resp = Response(_stream(hub, sub, heartbeat, retry_ms, linger, wakeups), mimetype="text/event-stream")
+    resp = Response(_stream(hub, sub, heartbeat, retry_ms, linger, wakeups),
+                    mimetype="text/event-stream")
     resp.headers["Cache-Control"] = "no-store"
     resp.headers["X-Accel-Buffering"] = "no"
     return resp
@@ -243,9 +244,9 @@ def _stream(hub: Hub, sub: Any, heartbeat: float, retry_ms: int, linger: float,
     many streams: ``streams / wakeups``, at most 1 s; aligned to multiples of the
     pause, so streams wake together), so the events published meanwhile go out
     in one write: the fan-out cost per second stays flat as clients are added,
-    at the price of that much latency. A batch
-    of the hub's full chunk size means a backlog: the next one follows at once
-    (else a reader could never catch up with more than a chunk per pause).
+    at the price of that much latency. A batch of the hub's full chunk size means
+    a backlog: the next one follows at once (else a reader could never catch up
+    with more than a chunk per pause).
     """
     chunk = getattr(hub, "client_queue", None)  # a batch this big: more may be waiting
     next_frames = getattr(sub, "next_frames", None)  # the in-process hub's fast path
