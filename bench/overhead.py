@@ -33,7 +33,7 @@ from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 
 import otel_runs
-from otel_runs.exporters import RunProcessor
+from otel_runs.exporters import RunProcessor, run_project_root
 
 
 class NothingProcessor(RunProcessor):
@@ -44,7 +44,7 @@ class NothingProcessor(RunProcessor):
         self.project_root = str(project_root.resolve())
 
     def accepts(self, span: Any) -> bool:
-        return (span.attributes or {}).get("run.project_root") == self.project_root
+        return run_project_root(span) == self.project_root
 
     def on_run_start(self, run: otel_runs.Run) -> None:
         pass

@@ -17,8 +17,6 @@ RUN_SUMMARY = "run.summary"
 RUN_PARENT_ID = "run.parent_id"
 #: The run's metadata as one JSON object (secrets redacted, values truncated).
 RUN_METADATA = "run.metadata"
-#: Absolute path of the project whose ledger records the run.
-RUN_PROJECT_ROOT = "run.project_root"
 
 #: W3C Baggage key that carries the current run id to other services.
 BAGGAGE_RUN_ID = "otel_runs.run_id"

@@ -23,7 +23,7 @@ from ._model import Run, iso_from_ns
 from ._redact import clean_metadata, clean_summary, metadata_json
 from ._setup import project_root_for_run, run_tracer
 from ._taxonomy import validate_run_type
-from .exporters._run_processor import forget_run_span
+from .exporters._run_processor import run_closed, run_opening
 
 __all__ = ["RunHandle", "current_run", "tracked_run"]
 
@@ -133,8 +133,6 @@ class RunScope:
             attributes[A.RUN_SUMMARY] = summary
         if meta:
             attributes[A.RUN_METADATA] = self._initial_metadata
-        if root is not None:
-            attributes[A.RUN_PROJECT_ROOT] = root
         parent = parent_run_id(parent_ctx)
         if parent is not None:
             attributes[A.RUN_PARENT_ID] = parent
@@ -142,10 +140,15 @@ class RunScope:
         starting = Run(run_id, run_type, subtype, "running", summary, iso_from_ns(now_ns),
                        metadata=json.loads(self._initial_metadata) if meta else {},
                        parent_run_id=parent)
-        span = run_tracer().start_span(
-            subtype, context=otel_context.set_value(STARTING_RUN_KEY, starting, parent_ctx),
-            kind=SpanKind.INTERNAL, attributes=attributes, start_time=now_ns,
-        )
+        run_opening(run_id, root)  # processors route the run by its project, from on_start on
+        try:
+            span = run_tracer().start_span(
+                subtype, context=otel_context.set_value(STARTING_RUN_KEY, starting, parent_ctx),
+                kind=SpanKind.INTERNAL, attributes=attributes, start_time=now_ns,
+            )
+        except BaseException:
+            run_closed(run_id, 0)
+            raise
         self.handle = RunHandle(run_id, run_type, subtype, summary, meta, span)
         self.context = with_run(run_id, trace.set_span_in_context(span, parent_ctx))
         self.finished = False
@@ -202,7 +205,7 @@ class RunScope:
         h._status = status
         h._summary = summary
         span.end()
-        forget_run_span(span.get_span_context().span_id)
+        run_closed(h.run_id, span.get_span_context().span_id)
         return status
 
 

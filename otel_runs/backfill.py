@@ -87,7 +87,7 @@ class _Resources:
 _RUN_SCOPE = InstrumentationScope("otel_runs")
 
 
-def run_span(run: Run, resource: Resource, project_root: str | None = None) -> ReadableSpan:
+def run_span(run: Run, resource: Resource) -> ReadableSpan:
     """The run span of a finished ledger run. Its own parent (e.g. the request span) is
     not kept in the ledger, so it is sent without one."""
     assert run.ended_at is not None
@@ -99,8 +99,6 @@ def run_span(run: Run, resource: Resource, project_root: str | None = None) -> R
         attrs[A.RUN_METADATA] = metadata_json(run.metadata)
     if run.parent_run_id:
         attrs[A.RUN_PARENT_ID] = run.parent_run_id
-    if project_root:
-        attrs[A.RUN_PROJECT_ROOT] = project_root
     # As the live run span: ERROR when failed, else UNSET (run.status says the rest).
     code = StatusCode.ERROR if run.status == "failed" else StatusCode.UNSET
     return ReadableSpan(
@@ -191,7 +189,6 @@ def export_runs_to_otlp(
         progress(0, total)
     if not runs:
         return 0
-    project_root = getattr(led, "project_root", None)
     resources = _Resources()
 
     def spans() -> Iterator[tuple[int, ReadableSpan]]:
@@ -199,7 +196,7 @@ def export_runs_to_otlp(
             resource = resources.get(run.service)
             for data in led.spans(run.run_id):
                 yield index, child_span(data, resource)
-            yield index + 1, run_span(run, resource, str(project_root) if project_root else None)
+            yield index + 1, run_span(run, resource)
 
     exporter = otlp_exporter(endpoint)
     where = exporter_endpoint(exporter)

@@ -86,6 +86,49 @@ def test_span_status_and_exception_recorded_on_the_span(collector) -> None:  # n
     assert spans[0].name == "test:run"
 
 
+def test_span_status_is_unset_for_ok_and_cancelled_runs(collector) -> None:  # noqa: ANN001
+    with tracked_run(None, "test", "test:run") as ok:
+        pass
+    with tracked_run(None, "test", "test:run") as cancelled:
+        cancelled.status = "cancelled"
+    by_id = {s.attributes["run.id"]: s for s in _finished_run_spans(collector)}
+    assert by_id[ok.run_id].status.status_code is StatusCode.UNSET
+    assert by_id[cancelled.run_id].status.status_code is StatusCode.UNSET
+    assert by_id[cancelled.run_id].attributes["run.status"] == "cancelled"
+
+
+def test_the_project_of_a_run_is_known_in_process_and_not_on_the_span(tmp_path) -> None:  # noqa: ANN001
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    from otel_runs.exporters import run_project_root
+
+    seen: list[tuple[str, str, str | None]] = []
+
+    class Looking(SpanProcessor):
+        def on_start(self, span, parent_context=None) -> None:  # noqa: ANN001
+            seen.append(("start", span.name, run_project_root(span)))
+
+        def on_end(self, span) -> None:  # noqa: ANN001
+            seen.append(("end", span.name, run_project_root(span)))
+
+    other = tmp_path / "other"
+    other.mkdir()
+    provider = otel_runs.configure(tmp_path, ledger=False, processors=[Looking()])
+    tracer = provider.get_tracer("test")
+    with tracked_run(other, "deploy", "deploy:k8s") as run:
+        with tracer.start_as_current_span("kubectl apply") as child:
+            assert "run.project_root" not in child.attributes
+    with tracer.start_as_current_span("outside"):
+        pass
+    root = str(other.resolve())
+    assert seen == [("start", "deploy:k8s", root), ("start", "kubectl apply", root),
+                    ("end", "kubectl apply", root), ("end", "deploy:k8s", root),
+                    ("start", "outside", None), ("end", "outside", None)]
+    from otel_runs.exporters import _run_processor
+    assert run.run_id not in _run_processor._open_roots  # nothing kept once the run ended
+    assert run.span.get_span_context().span_id not in _run_processor._started_runs
+
+
 def _finished_run_spans(collector):  # noqa: ANN001, ANN202
     return collector.run_spans
 

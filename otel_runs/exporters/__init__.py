@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._run_processor import RunProcessor, is_run_span
+from ._run_processor import RunProcessor, is_run_span, run_project_root
 from .ledger import LedgerRunProcessor, LedgerSpanExporter, ledger_processor_for
 from .otlp import OTLPSpanProcessor, otlp_processor
 from .sse import RUN_COMPLETED, RUN_STARTED, SSESpanProcessor
@@ -18,4 +18,5 @@ __all__ = [
     "is_run_span",
     "ledger_processor_for",
     "otlp_processor",
+    "run_project_root",
 ]

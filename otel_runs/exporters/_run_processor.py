@@ -14,7 +14,7 @@ from .._context import STARTING_RUN_KEY, local_run_id
 from .._model import Run
 from .._ratelimit import RateLimitedLog
 
-__all__ = ["RunProcessor", "forget_run_span", "is_run_span", "run_of"]
+__all__ = ["RunProcessor", "is_run_span", "run_closed", "run_of", "run_opening", "run_project_root"]
 
 logger = logging.getLogger("otel_runs.exporters")
 _errors = RateLimitedLog(logger)
@@ -31,6 +31,31 @@ def is_run_span(span: ReadableSpan) -> bool:
 #: ``end()`` in case no processor did; the cap bounds spans ended some other way.
 _started_runs: dict[int, Run] = {}
 _MAX_STARTED = 10_000
+#: The resolved project root of each open run, by run id, from just before its span
+#: starts until just after it ends (kept off the span: a local path is no business
+#: of a trace backend).
+_open_roots: dict[str, str] = {}
+
+
+def run_project_root(span: ReadableSpan) -> str | None:
+    """The resolved project root of the run ``span`` belongs to (the run span itself or
+    a span opened inside it) while that run is open in this process, else None.
+    Processors that serve one project (the ledger's, the live feed's) filter with it."""
+    attrs = span.attributes
+    run_id = attrs.get(A.RUN_ID) if attrs else None
+    return _open_roots.get(run_id) if isinstance(run_id, str) else None
+
+
+def run_opening(run_id: str, project_root: str | None) -> None:
+    """Note the project of a run whose span is about to start (see :func:`run_project_root`)."""
+    if project_root is not None:
+        _open_roots[run_id] = project_root
+
+
+def run_closed(run_id: str, span_id: int) -> None:
+    """Forget an ended (or never started) run span: its project and its start Run."""
+    _open_roots.pop(run_id, None)
+    _started_runs.pop(span_id, None)
 
 
 def run_of(span: ReadableSpan, parent_context: Context | None = None) -> Run:
@@ -54,11 +79,6 @@ def run_of(span: ReadableSpan, parent_context: Context | None = None) -> Run:
     except AttributeError:  # a span type with __slots__: just don't cache
         pass
     return run
-
-
-def forget_run_span(span_id: int) -> None:
-    """Drop what :func:`run_of` kept for an ended run span (no-op if nothing)."""
-    _started_runs.pop(span_id, None)
 
 
 def _starting_run(span: ReadableSpan, parent_context: Context | None) -> Run | None:

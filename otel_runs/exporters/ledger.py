@@ -20,11 +20,11 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from .._attributes import RUN_ID, RUN_PROJECT_ROOT, RUN_TYPE
+from .._attributes import RUN_ID, RUN_TYPE
 from .._model import Run, span_to_dict
 from .._ratelimit import RateLimitedLog
 from ..ledger import Ledger, LedgerError, ledger_for
-from ._run_processor import RunProcessor
+from ._run_processor import RunProcessor, run_project_root
 
 __all__ = ["LedgerRunProcessor", "LedgerSpanExporter", "ledger_processor_for"]
 
@@ -122,7 +122,7 @@ class LedgerRunProcessor(RunProcessor):
     def accepts(self, span: ReadableSpan) -> bool:
         attrs = span.attributes or {}
         if RUN_TYPE in attrs:
-            return attrs.get(RUN_PROJECT_ROOT) == self.project_root
+            return run_project_root(span) == self.project_root
         return attrs.get(RUN_ID) in self._open
 
     # The hooks below take the spans directly (not ``Run.from_span`` on the
@@ -130,7 +130,7 @@ class LedgerRunProcessor(RunProcessor):
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         attrs = span.attributes or {}
-        if RUN_TYPE not in attrs or attrs.get(RUN_PROJECT_ROOT) != self.project_root:
+        if RUN_TYPE not in attrs or run_project_root(span) != self.project_root:
             return
         try:
             self._open.add(str(attrs[RUN_ID]))
@@ -146,7 +146,7 @@ class LedgerRunProcessor(RunProcessor):
             return
         try:
             if RUN_TYPE in attrs:
-                if attrs.get(RUN_PROJECT_ROOT) == self.project_root:
+                if run_project_root(span) == self.project_root:
                     self._open.discard(run_id)
                     self.exporter.record_run_span(span)
             elif run_id in self._open:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from opentelemetry.sdk.trace import ReadableSpan
 
-from .._attributes import RUN_PROJECT_ROOT, RUN_TYPE
+from .._attributes import RUN_TYPE
 from .._model import Run
 from ..hub import Hub
-from ._run_processor import RunProcessor
+from ._run_processor import RunProcessor, run_project_root
 
 __all__ = ["RUN_COMPLETED", "RUN_STARTED", "SSESpanProcessor"]
 
@@ -37,7 +37,7 @@ class SSESpanProcessor(RunProcessor):
         attrs = span.attributes or {}
         if RUN_TYPE not in attrs:
             return False
-        return self.project_root is None or attrs.get(RUN_PROJECT_ROOT) == self.project_root
+        return self.project_root is None or run_project_root(span) == self.project_root
 
     def on_run_start(self, run: Run) -> None:
         self.hub.publish_nowait(RUN_STARTED, run.to_dict())
