@@ -155,6 +155,19 @@ def test_reconnect_replays_missed_events(tmp_path: Path, live_server, clients, v
     assert client.next()["id"] == live
 
 
+def test_a_backlog_bigger_than_a_chunk_arrives_without_pauses(
+        tmp_path: Path, live_server, clients) -> None:  # noqa: ANN001
+    """A stream pauses (linger) after a write, but not between the chunks of a backlog:
+    with a 30 s linger, 3 chunks' worth of replay must arrive well before one pause ends."""
+    app = make_app(tmp_path, OTEL_RUNS_SSE_CLIENT_QUEUE=4, OTEL_RUNS_SSE_LINGER=30.0)
+    srv = live_server(app)
+    hub = get_hub(app)
+    first = hub.publish("tick", {"n": 0})
+    ids = [hub.publish("tick", {"n": i}) for i in range(1, 11)]
+    client = clients(srv.url + "/api/events", {"Last-Event-ID": first})
+    assert [e["id"] for e in client.take(10, timeout=15.0)] == ids
+
+
 def test_too_old_last_event_id_gets_reset(tmp_path: Path, live_server, clients) -> None:
     app = make_app(tmp_path, OTEL_RUNS_SSE_BUFFER=20, OTEL_RUNS_SSE_CLIENT_QUEUE=5)
     srv = live_server(app)
