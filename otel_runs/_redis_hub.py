@@ -250,6 +250,10 @@ class _RedisSubscription:
             self.cursor = event_id
         return events
 
+    def next_frames(self, timeout: float) -> tuple[int, bytes]:
+        batch = self.next_batch(timeout)
+        return len(batch), b"".join(ev.frame for ev in batch)
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True

@@ -40,7 +40,7 @@ from ._ids import InvalidRunId, validate_run_id
 from ._model import STATUSES, Run
 from ._taxonomy import RUN_TYPES
 from .exporters.sse import SSESpanProcessor
-from .hub import Hub, SubscriberDroppedError, get_hub, hub_from_settings
+from .hub import Hub, SubscriberDroppedError, Subscription, get_hub, hub_from_settings
 
 __all__ = ["MAX_RECENT_LIMIT", "MAX_SEARCH_LIMIT", "blueprint", "register", "trace_url_template"]
 
@@ -235,7 +235,7 @@ STREAM_WAKEUPS_PER_SECOND = 100.0
 _MAX_LINGER = 1.0
 
 
-def _stream(hub: Hub, sub: Any, heartbeat: float, retry_ms: int, linger: float,
+def _stream(hub: Hub, sub: Subscription, heartbeat: float, retry_ms: int, linger: float,
             wakeups: float = STREAM_WAKEUPS_PER_SECOND) -> Iterator[bytes]:
     """Yield SSE frames until the client goes (the server's write fails and closes
     this generator), the reader is dropped, or the hub closes.
@@ -248,22 +248,16 @@ def _stream(hub: Hub, sub: Any, heartbeat: float, retry_ms: int, linger: float,
     a backlog: the next one follows at once (else a reader could never catch up
     with more than a chunk per pause).
     """
-    chunk = getattr(hub, "client_queue", None)  # a batch this big: more may be waiting
-    next_frames = getattr(sub, "next_frames", None)  # the in-process hub's fast path
     try:
         yield f"retry: {retry_ms}\n: connected\n\n".encode()
         while True:
             try:
-                if next_frames is not None:
-                    count, data = next_frames(heartbeat)
-                else:
-                    batch = sub.next_batch(heartbeat)
-                    count, data = len(batch), b"".join(ev.frame for ev in batch)
+                count, data = sub.next_frames(heartbeat)
             except SubscriberDroppedError:
                 return
             if count:
                 yield data
-                if chunk is not None and count >= chunk:
+                if count >= hub.client_queue:
                     continue  # a backlog handed out in chunks: no pause until it is drained
                 pause = max(linger, min(_MAX_LINGER,
                                         hub.subscriber_count / wakeups))

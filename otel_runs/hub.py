@@ -119,12 +119,23 @@ class Subscription(Protocol):
         Raises :class:`SubscriberDroppedError` when the reader is too far behind, or
         when the hub is closed."""
 
+    def next_frames(self, timeout: float) -> tuple[int, bytes]:
+        """:meth:`next_batch` as ``(event count, their SSE frames joined)``: what a
+        stream writes."""
+
     def close(self) -> None:
         """Stop following the hub (idempotent)."""
 
 
 class Hub(Protocol):
     """What ``/api/events`` and the SSE processor need from a hub."""
+
+    #: The most events a reader gets in one batch (a backlog comes in chunks this big).
+    client_queue: int
+
+    @property
+    def subscriber_count(self) -> int:
+        """How many readers follow the hub now (in this process)."""
 
     def publish(self, event_type: str, data: Any) -> str:
         """Publish an event; return its id."""
@@ -305,7 +316,8 @@ class _LocalSubscription:
 
     def next_frames(self, timeout: float) -> tuple[int, bytes]:
         """:meth:`next_batch` as ``(event count, their SSE frames joined)``: what a
-        stream writes, without a Python step per event."""
+        stream writes, joined from the hub's encoded frames without a Python step
+        per event."""
         return self.hub._read_frames(self, timeout)
 
     def close(self) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "hash_object",
     "parse_tree",
     "serialize_tree",
+    "stop_process",
     "write_pack",
 ]
 
@@ -270,16 +271,22 @@ class CatFile:
             return
         if self.pid != os.getpid():
             return  # inherited across fork: the parent owns it
-        try:
-            if proc.stdin:
-                proc.stdin.close()
-            proc.wait(timeout=5)
-        except (OSError, subprocess.TimeoutExpired):
-            proc.kill()
-            proc.wait()
-        finally:
-            if proc.stdout:
-                proc.stdout.close()
+        stop_process(proc, timeout=5)
+
+
+def stop_process(proc: subprocess.Popen[bytes], *, timeout: float) -> None:
+    """End a child we talk to over pipes: EOF on its stdin, wait up to ``timeout``
+    seconds for it to exit (killed after that), close its stdout."""
+    try:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        proc.wait(timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        proc.kill()
+        proc.wait()
+    finally:
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 # -- packed-refs --------------------------------------------------------------------------------

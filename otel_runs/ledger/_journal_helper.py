@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ._errors import LedgerError
+from ._git import stop_process
 
 __all__ = ["CommitHelper"]
 
@@ -101,16 +102,7 @@ class CommitHelper:
                     except OSError:
                         pass
             return
-        try:
-            if proc.stdin is not None:
-                proc.stdin.close()
-            proc.wait(timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            proc.kill()
-            proc.wait()
-        finally:
-            if proc.stdout is not None:
-                proc.stdout.close()
+        stop_process(proc, timeout=30)
 
 
 def _serve(project_root: str, branch: str, tag_prefix: str | None, fsync: bool) -> None:
