@@ -31,6 +31,8 @@ _SETTABLE_STATUSES = ("ok", "failed", "cancelled")
 _current: contextvars.ContextVar[RunHandle | None] = contextvars.ContextVar(
     "otel_runs_current_run", default=None
 )
+#: What activating a run returns: the OTel context token and the current-run token.
+_Tokens = tuple[object, "contextvars.Token[RunHandle | None]"]
 
 
 def current_run() -> RunHandle | None:
@@ -153,26 +155,25 @@ class RunScope:
         self.context = with_run(run_id, trace.set_span_in_context(span, parent_ctx))
         self.finished = False
 
-    def activate(self) -> tuple[object, contextvars.Token[RunHandle | None]]:
-        """Make the run current; pass the result to :meth:`deactivate`."""
+    def activate(self) -> _Tokens:
+        """Make the run current (for spans opened inside it); pass the result to
+        :meth:`deactivate`."""
         return otel_context.attach(self.context), _current.set(self.handle)
 
     @staticmethod
-    def deactivate(tokens: tuple[object, contextvars.Token[RunHandle | None]]) -> None:
+    def deactivate(tokens: _Tokens) -> None:
         """Undo :meth:`activate`."""
         _current.reset(tokens[1])
         otel_context.detach(tokens[0])  # type: ignore[arg-type]
 
     @contextmanager
     def activated(self) -> Iterator[RunHandle]:
-        """Make the run current (for spans opened inside it) for the duration."""
-        token = otel_context.attach(self.context)
-        handle_token = _current.set(self.handle)
+        """:meth:`activate` for the duration of a ``with`` block."""
+        tokens = self.activate()
         try:
             yield self.handle
         finally:
-            _current.reset(handle_token)
-            otel_context.detach(token)
+            self.deactivate(tokens)
 
     def finish(self, exc: BaseException | None = None, derived_status: str | None = None,
                derived_summary: str | None = None) -> str:
@@ -232,26 +233,22 @@ class tracked_run:  # noqa: N801 - used like a function: ``with tracked_run(...)
                  subtype: str, *, summary: str = "", **metadata: Any) -> None:
         validate_run_type(run_type, subtype)
         self._args = (project_root, run_type, subtype, summary, metadata)
-        self._scope: RunScope | None = None
-        self._tokens: list[tuple[object, contextvars.Token[RunHandle | None]]] = []
+        self._open: list[tuple[RunScope, _Tokens]] = []  # a stack: it may be entered again
 
     def __enter__(self) -> RunHandle:
         project_root, run_type, subtype, summary, metadata = self._args
-        self._scope = scope = RunScope(project_root, run_type, subtype, summary, metadata,
-                                       validated=True)
-        token = otel_context.attach(scope.context)
-        self._tokens.append((token, _current.set(scope.handle)))
+        scope = RunScope(project_root, run_type, subtype, summary, metadata, validated=True)
+        self._open.append((scope, scope.activate()))
         return scope.handle
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        assert self._scope is not None, "tracked_run exited before it was entered"
-        token, handle_token = self._tokens.pop()
+        assert self._open, "tracked_run exited before it was entered"
+        scope, tokens = self._open.pop()
         try:
-            self._scope.finish(exc)
+            scope.finish(exc)
         finally:
-            _current.reset(handle_token)
-            otel_context.detach(token)  # type: ignore[arg-type]
+            scope.deactivate(tokens)
 
     async def __aenter__(self) -> RunHandle:
         return self.__enter__()

@@ -160,6 +160,17 @@ def test_nested_runs_get_parent_run_id_and_one_trace(collector) -> None:  # noqa
     assert o.trace_id == i.trace_id == s.trace_id
 
 
+def test_one_tracked_run_object_entered_twice_nested_ends_both_runs(collector) -> None:  # noqa: ANN001
+    again = tracked_run(None, "test", "test:unit")
+    with again as outer:
+        with again as inner:
+            pass
+    assert outer.run_id != inner.run_id
+    assert {r.run_id for r in collector.ended} == {outer.run_id, inner.run_id}
+    assert collector.by_id(inner.run_id).parent_run_id == outer.run_id
+    assert current_run() is None
+
+
 def test_spans_opened_inside_a_run_carry_its_id(collector) -> None:  # noqa: ANN001
     tracer = trace.get_tracer("some.instrumentation")
     with tracked_run(None, "build", "build:docker") as run:
