@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import calendar
+import os
+import random
 import re
-import secrets
 import threading
 import time
 from datetime import datetime, timezone
@@ -38,6 +39,13 @@ class SecondStamp:
 
 
 _id_stamp = SecondStamp("%Y%m%dT%H%M%S")
+#: The random parts' source: a generator of our own, seeded from the OS (as
+#: ``random``'s is; an application's ``random.seed()`` does not touch it) and
+#: reseeded in a forked child, so two processes never share a sequence. Run ids
+#: are not secrets: this costs no system call per id, unlike ``secrets``.
+_random = random.Random()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_random.seed)
 _last: tuple[int, int] = (-1, 0)  # (ms, random part) of the previous id
 _last_lock = threading.Lock()
 
@@ -53,7 +61,7 @@ def _next_suffix(ms: int) -> int:
         if ms == last_ms and last_rnd + 1 < 1 << 40:
             _last = (ms, last_rnd + 1)
             return last_rnd + 1
-        rnd = secrets.randbits(39)  # headroom for increments within one ms
+        rnd = _random.getrandbits(39)  # headroom for increments within one ms
         if ms > last_ms:
             _last = (ms, rnd)
         return rnd
@@ -78,7 +86,7 @@ def new_run_id(at: datetime | None = None) -> str:
         return now_run_id()[0]
     at = at.astimezone(timezone.utc)
     ms = int(calendar.timegm(at.timetuple())) * 1000 + at.microsecond // 1000
-    return _format(ms, secrets.randbits(40))
+    return _format(ms, _random.getrandbits(40))
 
 
 def validate_run_id(run_id: object) -> str:

@@ -119,12 +119,12 @@ class Run:
             started_at=iso_from_ns(start),
             ended_at=None if end is None else iso_from_ns(end),
             duration_ms=None if end is None else round((end - start) / 1e6, 3),
-            metadata=_metadata(attrs.get(A.RUN_METADATA)),
+            metadata=parse_metadata(attrs.get(A.RUN_METADATA)),
             trace_id=format_trace_id(ctx.trace_id) if ctx else "",
             span_id=format_span_id(ctx.span_id) if ctx else "",
             parent_run_id=parent if isinstance(parent, str) else None,
             service=str(span.resource.attributes.get("service.name", "") if span.resource else ""),
-            events=_events(span),
+            events=span_events(span),
         )
 
     @classmethod
@@ -141,13 +141,13 @@ class Run:
             started.started_at,
             iso_from_ns(end),
             round((end - (span.start_time or 0)) / 1e6, 3),
-            started.metadata if raw_meta is None else _metadata(raw_meta),
+            started.metadata if raw_meta is None else parse_metadata(raw_meta),
             started.trace_id, started.span_id, started.parent_run_id, started.service,
-            _events(span),
+            span_events(span),
         )
 
 
-def _metadata(raw: Any) -> dict[str, Any]:
+def parse_metadata(raw: Any) -> dict[str, Any]:
     """The ``run.metadata`` attribute (JSON text) as a dict."""
     if raw is None or raw == "{}":
         return {}
@@ -158,7 +158,8 @@ def _metadata(raw: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"_value": value}
 
 
-def _events(span: ReadableSpan) -> list[dict[str, Any]]:
+def span_events(span: ReadableSpan) -> list[dict[str, Any]]:
+    """A span's events as a Run lists them."""
     return [
         {"name": ev.name, "timestamp": iso_from_ns(ev.timestamp),
          "attributes": _jsonable_attrs(ev.attributes)}

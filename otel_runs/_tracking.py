@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +24,7 @@ from ._model import Run, iso_from_ns
 from ._redact import clean_metadata, clean_summary, metadata_json
 from ._setup import project_root_for_run, run_tracer
 from ._taxonomy import validate_run_type
-from .exporters._run_processor import run_closed, run_opening
+from .exporters._run_processor import OpenRun, run_closed, run_opening
 
 __all__ = ["RunHandle", "current_run", "tracked_run"]
 
@@ -138,19 +139,23 @@ class RunScope:
         parent = parent_run_id(parent_ctx)
         if parent is not None:
             attributes[A.RUN_PARENT_ID] = parent
-        # The Run as processors' on_start will see it (they add the span's ids).
-        starting = Run(run_id, run_type, subtype, "running", summary, iso_from_ns(now_ns),
-                       metadata=json.loads(self._initial_metadata) if meta else {},
-                       parent_run_id=parent)
-        run_opening(run_id, root)  # processors route the run by its project, from on_start on
+        # The Run as processors' on_start will see it (the span's ids are added when
+        # it starts), and its project: processors find both through the start context.
+        entry = OpenRun(Run(run_id, run_type, subtype, "running", summary, iso_from_ns(now_ns),
+                            metadata=json.loads(self._initial_metadata) if meta else {},
+                            parent_run_id=parent), root)
+        run_opening(entry)
         try:
             span = run_tracer().start_span(
-                subtype, context=otel_context.set_value(STARTING_RUN_KEY, starting, parent_ctx),
+                subtype, context=otel_context.set_value(STARTING_RUN_KEY, entry, parent_ctx),
                 kind=SpanKind.INTERNAL, attributes=attributes, start_time=now_ns,
             )
+            if entry.span_id is None and span.is_recording():  # no processor saw it start
+                entry.bind(span)  # type: ignore[arg-type]
         except BaseException:
-            run_closed(run_id, 0)
+            run_closed(entry)
             raise
+        self._entry = entry
         self.handle = RunHandle(run_id, run_type, subtype, summary, meta, span)
         self.context = with_run(run_id, trace.set_span_in_context(span, parent_ctx))
         self.finished = False
@@ -195,9 +200,11 @@ class RunScope:
         final: dict[str, Any] = {A.RUN_STATUS: status}
         if summary:
             final[A.RUN_SUMMARY] = summary
-        meta = metadata_json(h.metadata) if h.metadata else "{}"
+        meta: str | None = metadata_json(h.metadata) if h.metadata else "{}"
         if meta != self._initial_metadata:
             final[A.RUN_METADATA] = meta
+        else:
+            meta = None
         span.set_attributes(final)
         if status == "failed":
             span.set_status(Status(StatusCode.ERROR, summary or "failed"))
@@ -205,8 +212,12 @@ class RunScope:
         # instrumentation (``run.status`` says ``ok`` or ``cancelled``).
         h._status = status
         h._summary = summary
-        span.end()
-        run_closed(h.run_id, span.get_span_context().span_id)
+        end_ns = time.time_ns()
+        self._entry.ending(status, summary, meta, end_ns)
+        try:
+            span.end(end_ns)
+        finally:
+            run_closed(self._entry)
         return status
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import datetime, timezone
 
@@ -24,6 +25,27 @@ def test_run_ids_are_unique_sortable_url_safe_and_short() -> None:
     late = new_run_id(datetime(2026, 1, 1, 0, 0, 0, 1000, tzinfo=timezone.utc))
     assert early < late < ids[0]
     assert run_id_time(late) == datetime(2026, 1, 1, 0, 0, 0, 1000, tzinfo=timezone.utc)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_processes_and_a_seeded_random_never_share_id_sequences() -> None:
+    import random
+
+    random.seed(0)  # an application seeding the global generator changes nothing for ids
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the same ids as the parent would be a collision
+        os.close(read)
+        os.write(write, " ".join(new_run_id() for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read().split()
+    os.waitpid(pid, 0)
+    random.seed(0)
+    parent = [new_run_id() for _ in range(50)]
+    suffixes = {i.split("-")[1] for i in parent}
+    assert len(child) == 50 and not suffixes & {i.split("-")[1] for i in child}
 
 
 def test_runs_started_in_a_burst_sort_in_start_order(collector) -> None:  # noqa: ANN001

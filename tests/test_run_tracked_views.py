@@ -284,3 +284,23 @@ def test_run_id_splice_changes_nothing_else(raw: bytes) -> None:
     assert json.loads(out) == {**json.loads(raw), "run_id": run_id}
     assert _without_run_id(out, run_id).replace(b" ", b"") == raw.replace(b" ", b"")
     assert out.endswith(raw[raw.rindex(b"}"):])
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"ok":true,"summary":"s"}\n', b'{"a": [1, {"b": null}]}', b'  {"ok": false}\n', b'{}',
+    b'[1, 2]\n', b'"text"', b'42', b'{"a":1} trailing', b'{"a":', b'not json', b'',
+    '{"naïve":"ü"}'.encode(), '{"x":"ü"}'.encode("utf-16"), b'{"a":NaN}',
+])
+def test_json_bodies_are_read_as_flask_reads_them(raw: bytes) -> None:
+    from otel_runs._decorator import _json_object
+
+    app = Flask(__name__)
+    try:
+        expected = app.json.loads(raw)
+    except ValueError:
+        expected = None
+    got = _json_object(app, raw)
+    if isinstance(expected, dict):
+        assert got == expected or (got is not None and json.dumps(got) == json.dumps(expected))
+    else:
+        assert got is None

@@ -72,6 +72,46 @@ def test_an_existing_tracer_provider_is_kept(tmp_path: Path) -> None:
     assert out["service"] == "control-plane"
 
 
+def test_run_processors_ahead_of_and_behind_otel_runs_own_see_the_same(tmp_path: Path) -> None:
+    """A RunProcessor the application added before configure() runs ahead of
+    otel-runs' context processor: it must see runs and the spans inside them as
+    one added afterwards does (both ways of finding a span's run)."""
+    out = _run_python(COLLECT + """
+    from opentelemetry.sdk.trace import TracerProvider
+    from otel_runs.exporters import _run_processor, run_project_root
+
+    class Seeing(RunProcessor):
+        def __init__(self): self.seen = []
+        def on_run_start(self, run): self.seen.append(["start", run.subtype])
+        def on_run_end(self, run): self.seen.append(["end", run.subtype, run.status])
+        def on_run_span_end(self, run_id, span):
+            self.seen.append(["span", span.name, run_id, run_project_root(span)])
+
+    provider = TracerProvider()
+    ahead = Seeing()
+    provider.add_span_processor(ahead)
+    trace.set_tracer_provider(provider)
+    behind = Seeing()
+    otel_runs.configure(processors=[behind])
+    tracer = trace.get_tracer("app")
+    with otel_runs.tracked_run(None, "deploy", "deploy:k8s") as run:
+        with tracer.start_as_current_span("kubectl apply"):
+            with tracer.start_as_current_span("http get"):
+                pass
+    with tracer.start_as_current_span("outside"):
+        pass
+    print(json.dumps({"ahead": ahead.seen, "behind": behind.seen, "run_id": run.run_id,
+                      "left": [len(_run_processor._by_run_id), len(_run_processor._by_span_id),
+                               len(_run_processor._child_spans)]}))
+    """, tmp_path)
+    root = str(tmp_path.resolve())
+    expected = [["start", "deploy:k8s"], ["span", "http get", out["run_id"], root],
+                ["span", "kubectl apply", out["run_id"], root], ["end", "deploy:k8s", "ok"]]
+    assert out["ahead"] == expected
+    assert out["behind"] == expected
+    assert out["left"] == [0, 0, 0]
+
+
 def test_sampled_out_trace_still_yields_its_run(tmp_path: Path) -> None:
     out = _run_python(COLLECT + """
     runs = Runs()

@@ -125,8 +125,10 @@ def test_the_project_of_a_run_is_known_in_process_and_not_on_the_span(tmp_path) 
                     ("end", "kubectl apply", root), ("end", "deploy:k8s", root),
                     ("start", "outside", None), ("end", "outside", None)]
     from otel_runs.exporters import _run_processor
-    assert run.run_id not in _run_processor._open_roots  # nothing kept once the run ended
-    assert run.span.get_span_context().span_id not in _run_processor._started_runs
+    # nothing kept once the run and its spans ended
+    assert run.run_id not in _run_processor._by_run_id
+    assert run.span.get_span_context().span_id not in _run_processor._by_span_id
+    assert child.get_span_context().span_id not in _run_processor._child_spans
 
 
 def _finished_run_spans(collector):  # noqa: ANN001, ANN202

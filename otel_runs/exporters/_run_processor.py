@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import logging
 
-from opentelemetry.context import Context, get_value
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
-from opentelemetry.trace import format_span_id, format_trace_id
 
 from .. import _attributes as A
 from .._context import STARTING_RUN_KEY, local_run_id
-from .._model import Run
+from .._model import Run, iso_from_ns, parse_metadata, span_events
 from .._ratelimit import RateLimitedLog
 
-__all__ = ["RunProcessor", "is_run_span", "run_closed", "run_of", "run_opening", "run_project_root"]
+__all__ = ["OpenRun", "RunProcessor", "child_run_id", "ending_run", "is_run_span", "run_closed",
+           "run_opening", "run_project_root", "starting_run"]
 
 logger = logging.getLogger("otel_runs.exporters")
 _errors = RateLimitedLog(logger)
@@ -25,73 +25,121 @@ def is_run_span(span: ReadableSpan) -> bool:
     return bool(span.attributes) and A.RUN_TYPE in span.attributes  # type: ignore[operator]
 
 
-#: The Run each open run span had at start, by span id, until the span ends: the
-#: span handed to ``on_end`` is a fresh ``ReadableSpan``, so this is how the end
-#: Run borrows the fields a span cannot change. ``RunScope`` drops its entry after
-#: ``end()`` in case no processor did; the cap bounds spans ended some other way.
-_started_runs: dict[int, Run] = {}
-_MAX_STARTED = 10_000
-#: The resolved project root of each open run, by run id, from just before its span
-#: starts until just after it ends (kept off the span: a local path is no business
-#: of a trace backend).
-_open_roots: dict[str, str] = {}
+class OpenRun:
+    """What this process knows of one open run span, from just before it starts
+    until just after it ends: its project, the Run at start and, once it is
+    ending, what the end Run is built from. Processors find it through the start
+    context (``on_start``) or by span id (``on_end``), never by reading the span's
+    attributes: every span passes through the processors, and most are not runs."""
+
+    __slots__ = ("run_id", "root", "start", "span_id", "_final", "_end")
+
+    def __init__(self, start: Run, root: str | None) -> None:
+        self.run_id = start.run_id
+        self.root = root
+        self.start = start  # shared by every processor: read-only for them
+        self.span_id: int | None = None
+        self._final: tuple[str, str, str | None, int] | None = None
+        self._end: Run | None = None
+
+    def bind(self, span: Span) -> None:
+        """The run span started: note its ids (in the start Run, too)."""
+        ctx = span.get_span_context()
+        self.span_id = ctx.span_id
+        start = self.start
+        start.trace_id, start.span_id = format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+        start.service = _service_name(span.resource)
+        _by_span_id[ctx.span_id] = self
+
+    def ending(self, status: str, summary: str, metadata_json: str | None, end_ns: int) -> None:
+        """What the run span is about to end with (``metadata_json`` None: unchanged)."""
+        self._final = (status, summary, metadata_json, end_ns)
+
+    def end_run(self, span: ReadableSpan) -> Run:
+        """The Run of the ended span (built once; only events are read from the span)."""
+        run = self._end
+        if run is None:
+            final = self._final
+            if final is None:  # ended some other way than RunScope.finish: read the span
+                run = Run.from_span(span, started=self.start)
+            else:
+                status, summary, meta, end_ns = final
+                s = self.start
+                run = Run(s.run_id, s.type, s.subtype, status, summary, s.started_at,
+                          iso_from_ns(end_ns), round((end_ns - (span.start_time or 0)) / 1e6, 3),
+                          s.metadata if meta is None else parse_metadata(meta),
+                          s.trace_id, s.span_id, s.parent_run_id, s.service,
+                          span_events(span))
+            self._end = run
+        return run
+
+
+#: Open run spans by run id and, once started, by span id; ``RunScope`` adds and
+#: removes them (:func:`run_opening`, :func:`run_closed`).
+_by_run_id: dict[str, OpenRun] = {}
+_by_span_id: dict[int, OpenRun] = {}
+#: Spans open inside a run (span id -> run id), noted at their start by
+#: ``RunContextSpanProcessor``, which hands the entry over to the ended span (the
+#: object every processor's ``on_end`` receives) and drops it. Capped: a span that
+#: is never ended must not grow it forever.
+_child_spans: dict[int, str] = {}
+_MAX_CHILD_SPANS = 100_000
+_CHILD_OF = "_otel_runs_child_of"
+
+
+def run_opening(entry: OpenRun) -> None:
+    """Note a run whose span is about to start."""
+    _by_run_id[entry.run_id] = entry
+
+
+def run_closed(entry: OpenRun) -> None:
+    """Forget an ended (or never started) run span."""
+    _by_run_id.pop(entry.run_id, None)
+    if entry.span_id is not None:
+        _by_span_id.pop(entry.span_id, None)
+
+
+def starting_run(span: Span, parent_context: Context | None) -> OpenRun | None:
+    """The open run ``span`` is the run span of, in ``on_start``; None for other spans."""
+    entry = parent_context.get(STARTING_RUN_KEY) if parent_context is not None else None
+    if entry is None:
+        return None
+    if entry.span_id is None:  # the first processor to see it
+        entry.bind(span)
+    return entry  # type: ignore[no-any-return]
+
+
+def ending_run(span: ReadableSpan) -> OpenRun | None:
+    """The open run ``span`` is the run span of, in ``on_end``; None for other spans."""
+    if not _by_span_id:
+        return None
+    ctx = span.context
+    return _by_span_id.get(ctx.span_id) if ctx is not None else None
+
+
+def child_run_id(span: ReadableSpan) -> str | None:
+    """The id of the open run ``span`` was opened inside (not a run span itself)."""
+    run_id = getattr(span, _CHILD_OF, None)
+    if run_id is None and _child_spans:
+        ctx = span.context
+        run_id = _child_spans.get(ctx.span_id) if ctx is not None else None
+    return run_id  # type: ignore[no-any-return]
 
 
 def run_project_root(span: ReadableSpan) -> str | None:
     """The resolved project root of the run ``span`` belongs to (the run span itself or
     a span opened inside it) while that run is open in this process, else None.
     Processors that serve one project (the ledger's, the live feed's) filter with it."""
-    attrs = span.attributes
-    run_id = attrs.get(A.RUN_ID) if attrs else None
-    return _open_roots.get(run_id) if isinstance(run_id, str) else None
-
-
-def run_opening(run_id: str, project_root: str | None) -> None:
-    """Note the project of a run whose span is about to start (see :func:`run_project_root`)."""
-    if project_root is not None:
-        _open_roots[run_id] = project_root
-
-
-def run_closed(run_id: str, span_id: int) -> None:
-    """Forget an ended (or never started) run span: its project and its start Run."""
-    _open_roots.pop(run_id, None)
-    _started_runs.pop(span_id, None)
-
-
-def run_of(span: ReadableSpan, parent_context: Context | None = None) -> Run:
-    """``Run.from_span(span)``, built once per span state and shared by every
-    processor (so hooks must treat the Run as read-only). At start, the Run the
-    opener put in ``parent_context`` is completed instead (cheaper, same fields)."""
-    key = span.end_time
-    cached = getattr(span, "_otel_runs_run", None)
-    if cached is not None and cached[0] == key:
-        return cached[1]  # type: ignore[no-any-return]
     ctx = span.context
-    span_id = ctx.span_id if ctx is not None else 0
-    if key is None:
-        run = _starting_run(span, parent_context) or Run.from_span(span)
-        if len(_started_runs) < _MAX_STARTED:
-            _started_runs[span_id] = run
-    else:  # the Run of the span's start, if any, lends the fields a span cannot change
-        run = Run.from_span(span, started=_started_runs.pop(span_id, None))
-    try:
-        span._otel_runs_run = (key, run)  # type: ignore[attr-defined]
-    except AttributeError:  # a span type with __slots__: just don't cache
-        pass
-    return run
-
-
-def _starting_run(span: ReadableSpan, parent_context: Context | None) -> Run | None:
-    """The Run ``RunScope`` put in the start context for this span, with the span's
-    trace id, span id and service filled in; None if there is none."""
-    run = get_value(STARTING_RUN_KEY, parent_context) if parent_context is not None else None
-    if not isinstance(run, Run) or (span.attributes or {}).get(A.RUN_ID) != run.run_id:
-        return None
-    ctx = span.context
-    if ctx is not None:
-        run.trace_id, run.span_id = format_trace_id(ctx.trace_id), format_span_id(ctx.span_id)
-    run.service = _service_name(span.resource)
-    return run
+    entry = _by_span_id.get(ctx.span_id) if ctx is not None else None
+    if entry is None:
+        run_id = child_run_id(span)
+        if run_id is None:  # e.g. a processor added ahead of otel-runs' own
+            attrs = span.attributes
+            value = attrs.get(A.RUN_ID) if attrs else None
+            run_id = value if isinstance(value, str) else None
+        entry = _by_run_id.get(run_id) if run_id is not None else None
+    return entry.root if entry is not None else None
 
 
 _services: dict[int, tuple[Resource, str]] = {}
@@ -134,25 +182,28 @@ class RunProcessor(SpanProcessor):
         """A span opened inside run ``run_id`` ended (before the run itself)."""
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        attrs = span.attributes
-        if attrs and A.RUN_TYPE in attrs and self._accepts(span):
-            self._call(self.on_run_start, "on_run_start", span, parent_context)
+        entry = starting_run(span, parent_context)
+        if entry is not None and self._accepts(span):
+            try:
+                self.on_run_start(entry.start)
+            except Exception:
+                self._hook_failed("on_run_start")
 
     def on_end(self, span: ReadableSpan) -> None:
-        attrs = span.attributes
-        if not attrs:
-            return
-        if A.RUN_TYPE in attrs:
+        entry = ending_run(span)
+        if entry is not None:
             if self._accepts(span):
-                self._call(self.on_run_end, "on_run_end", span)
-        elif A.RUN_ID in attrs and self._accepts(span):
+                try:
+                    self.on_run_end(entry.end_run(span))
+                except Exception:
+                    self._hook_failed("on_run_end")
+            return
+        run_id = child_run_id(span)
+        if run_id is not None and self._accepts(span):
             try:
-                self.on_run_span_end(str(attrs[A.RUN_ID]), span)
+                self.on_run_span_end(run_id, span)
             except Exception:
-                _errors.exception(
-                    f"{type(self).__name__}.on_run_span_end",
-                    "%s.on_run_span_end failed", type(self).__name__,
-                )
+                self._hook_failed("on_run_span_end")
 
     def _accepts(self, span: ReadableSpan) -> bool:
         if type(self).accepts is RunProcessor.accepts:
@@ -160,17 +211,12 @@ class RunProcessor(SpanProcessor):
         try:
             return self.accepts(span)
         except Exception:
-            _errors.exception(f"{type(self).__name__}.accepts", "%s.accepts failed", type(self).__name__)
+            self._hook_failed("accepts")
             return False
 
-    def _call(self, hook: object, name: str, span: ReadableSpan,
-              parent_context: Context | None = None) -> None:
-        try:
-            hook(run_of(span, parent_context))  # type: ignore[operator]
-        except Exception:
-            _errors.exception(
-                f"{type(self).__name__}.{name}", "%s.%s failed", type(self).__name__, name
-            )
+    def _hook_failed(self, name: str) -> None:
+        cls = type(self).__name__
+        _errors.exception(f"{cls}.{name}", "%s.%s failed", cls, name)
 
     def shutdown(self) -> None:
         """Release resources; default: nothing."""
@@ -181,12 +227,29 @@ class RunProcessor(SpanProcessor):
 
 
 class RunContextSpanProcessor(SpanProcessor):
-    """Stamps every span opened inside a run with the run's id (``run.id``)."""
+    """Stamps every span opened inside a run with the run's id (``run.id``) and
+    notes it (see :func:`child_run_id`); binds each run span to its open run."""
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        if parent_context is not None and STARTING_RUN_KEY in parent_context:
+            starting_run(span, parent_context)  # a run span: it carries its own id
+            return
         run_id = local_run_id(parent_context)
         if run_id is None:  # the common case (spans outside runs): no attribute access
             return
-        if span.attributes and A.RUN_TYPE in span.attributes:
-            return  # a nested run carries its own id
         span.set_attribute(A.RUN_ID, run_id)
+        if len(_child_spans) < _MAX_CHILD_SPANS:
+            _child_spans[span.get_span_context().span_id] = run_id
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if not _child_spans:
+            return
+        ctx = span.context
+        if ctx is None:
+            return
+        run_id = _child_spans.pop(ctx.span_id, None)
+        if run_id is not None:
+            try:  # processors after this one read it from the span, those before it from the dict
+                setattr(span, _CHILD_OF, run_id)
+            except AttributeError:  # pragma: no cover - a span type with __slots__
+                _child_spans[ctx.span_id] = run_id

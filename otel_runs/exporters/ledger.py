@@ -24,7 +24,14 @@ from .._attributes import RUN_ID, RUN_TYPE
 from .._model import Run, span_to_dict
 from .._ratelimit import RateLimitedLog
 from ..ledger import Ledger, LedgerError, ledger_for
-from ._run_processor import RunProcessor, run_project_root
+from ._run_processor import (
+    RunProcessor,
+    child_run_id,
+    ending_run,
+    is_run_span,
+    run_project_root,
+    starting_run,
+)
 
 __all__ = ["LedgerRunProcessor", "LedgerSpanExporter", "ledger_processor_for"]
 
@@ -120,33 +127,32 @@ class LedgerRunProcessor(RunProcessor):
         self._open: set[str] = set()
 
     def accepts(self, span: ReadableSpan) -> bool:
-        attrs = span.attributes or {}
-        if RUN_TYPE in attrs:
+        if is_run_span(span):
             return run_project_root(span) == self.project_root
-        return attrs.get(RUN_ID) in self._open
+        return child_run_id(span) in self._open
 
     # The hooks below take the spans directly (not ``Run.from_span`` on the
     # request path); like RunProcessor's, they never let an error through.
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        attrs = span.attributes or {}
-        if RUN_TYPE not in attrs or run_project_root(span) != self.project_root:
+        entry = starting_run(span, parent_context)
+        if entry is None or entry.root != self.project_root:
             return
         try:
-            self._open.add(str(attrs[RUN_ID]))
+            self._open.add(entry.run_id)
             self.exporter.ledger.record_span_started(span)
         except Exception:
             _errors.exception("on_start", "otel-runs: could not journal the start of run %s",
-                              attrs.get(RUN_ID))
+                              entry.run_id)
 
     def on_end(self, span: ReadableSpan) -> None:
-        attrs = span.attributes or {}
-        run_id = attrs.get(RUN_ID)
-        if not isinstance(run_id, str):
+        entry = ending_run(span)
+        run_id = entry.run_id if entry is not None else child_run_id(span)
+        if run_id is None:
             return
         try:
-            if RUN_TYPE in attrs:
-                if run_project_root(span) == self.project_root:
+            if entry is not None:
+                if entry.root == self.project_root:
                     self._open.discard(run_id)
                     self.exporter.record_run_span(span)
             elif run_id in self._open:
