@@ -270,6 +270,7 @@ def test_async_views(collector, tmp_path) -> None:  # noqa: ANN001
 
 @pytest.mark.parametrize("raw", [
     b'{"a":1,"b":{"c":[1,2]}}\n',
+    b'{"ok":true,"s":"a\\", \\"b"}\n', b'{"ok":false}\n', b'{"a": 1, "b": true}\n',
     b'{"a": 1, "b": "}"}',
     b'{\n  "a": 1,\n  "b": {\n    "c": 2\n  }\n}\n',
     b'{}',
