@@ -17,9 +17,11 @@ with ``Last-Event-ID`` like a browser if the server drops them). Phases, side by
 The none/fan pair is repeated ``--rounds`` times (then a last none): each fan
 phase is compared with the none phases around it and the ratio printed is the
 median over rounds (the machine is shared: one pair alone is too noisy).
-Prints tracked requests/s of each phase, the ratio fan/none (goal >= 0.9), and
+Prints tracked requests/s of each phase, the ratio fan/none (goal >= 0.9),
 p50/p99 delivery latency (publish time in the event -> received by a client;
-sampled: one event in ten per client).
+sampled: one event in ten per client), and the CPU the server's stream threads
+used while posting (per-thread ``schedstat``, Linux): the fan-out's own cost,
+which the machine's noise does not blur as it blurs the throughput ratio.
 Loops are bounded by count and by ``--seconds``.
 """
 
@@ -128,6 +130,21 @@ class Server:
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _thread_cpu_ns(pid: int) -> dict[str, int]:
+    """CPU time of each thread of ``pid`` in ns (``/proc/.../schedstat``; {} where there is none)."""
+    out: dict[str, int] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            out[tid] = int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
 
 
 def post_runs(port: int, count: int, posters: int, deadline: float) -> tuple[float, list[str]]:
@@ -281,10 +298,13 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
-def fan_phase(port: int, clients: int, runs: int, posters: int, seconds: float,
-              deadline: float) -> tuple[float, float, list[str], list[Any]]:
+def fan_phase(server_pid: int, port: int, clients: int, runs: int, posters: int, seconds: float,
+              deadline: float) -> tuple[float, float, float | None, list[str], list[Any]]:
     """Connect ``clients`` streams, POST ``runs`` requests, collect what each client saw.
-    Returns (requests/s, client CPU seconds while posting, run ids, per-client results)."""
+    Returns (requests/s, client CPU seconds while posting, CPU seconds of the server's
+    stream threads while posting (None where /proc has no schedstat), run ids,
+    per-client results)."""
+    before = set(_thread_cpu_ns(server_pid))
     parent, child = mp.Pipe()
     proc = mp.get_context("spawn").Process(
         target=clients_main, args=(port, clients, 2 * runs, seconds, child))
@@ -292,13 +312,19 @@ def fan_phase(port: int, clients: int, runs: int, posters: int, seconds: float,
     if not parent.poll(60) or parent.recv() != "ready":
         raise SystemExit("clients did not connect")
     client_cpu0 = _cpu_seconds(proc.pid)
+    threads0 = _thread_cpu_ns(server_pid)
     rate, run_ids = post_runs(port, runs, posters, deadline)
+    threads1 = _thread_cpu_ns(server_pid)
     client_cpu = _cpu_seconds(proc.pid) - client_cpu0
+    # The stream threads: started for the clients, alive through the whole posting.
+    streams = [t for t in threads1 if t in threads0 and t not in before]
+    stream_cpu = (sum(threads1[t] - threads0[t] for t in streams) / 1e9
+                  if len(streams) >= clients else None)
     if not parent.poll(seconds + 30):
         raise SystemExit("clients did not finish")
     results = parent.recv()
     proc.join(30)
-    return rate, client_cpu, run_ids, results
+    return rate, client_cpu, stream_cpu, run_ids, results
 
 
 def main() -> None:
@@ -320,6 +346,7 @@ def main() -> None:
     cpu_none: list[float] = []
     cpu_fan: list[float] = []
     client_cpu: list[float] = []
+    stream_cpu: list[float] = []
     exact: list[int] = []
     latencies: list[float] = []
     reconnects = 0
@@ -332,8 +359,11 @@ def main() -> None:
                 nones.append(post_runs(server.port, args.runs, args.posters, deadline)[0])
                 cpu_none.append(server.cpu_seconds() - cpu0)
                 cpu0 = server.cpu_seconds()
-                rate, ccpu, run_ids, results = fan_phase(
-                    server.port, args.clients, args.runs, args.posters, args.seconds, deadline)
+                rate, ccpu, scpu, run_ids, results = fan_phase(
+                    server.proc.pid, server.port, args.clients, args.runs, args.posters,
+                    args.seconds, deadline)
+                if scpu is not None:
+                    stream_cpu.append(scpu)
                 cpu_fan.append(server.cpu_seconds() - cpu0)
                 fans.append(rate)
                 client_cpu.append(ccpu)
@@ -364,6 +394,10 @@ def main() -> None:
           f"with streams {sum(cpu_fan) / len(cpu_fan) / args.runs * 1000:.2f} ms; client process "
           f"CPU while posting: {sum(client_cpu) / len(client_cpu):.1f} s a round (the clients "
           f"share this {os.cpu_count()}-core machine)")
+    if stream_cpu:  # the fan-out's own cost, apart from what the machine's noise does to the rest
+        per_run = statistics.median(stream_cpu) / args.runs
+        print(f"CPU of the server's {args.clients} stream threads: {per_run * 1000:.2f} ms per run "
+              f"({per_run / (2 * args.clients) * 1e6:.1f} us per delivered event; median of rounds)")
     print("ratio per round: " + ", ".join(f"{r:.2f}" for r in ratios))
     print(f"RATIO with-streams/none = {statistics.median(ratios):.2f} (median of rounds; goal >= 0.9)")
     if min(exact) < args.clients:
