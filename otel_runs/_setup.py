@@ -6,6 +6,7 @@ import functools
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +34,17 @@ class _State:
     durability: str | None = None
     ledger_processors: dict[str, SpanProcessor | None] = field(default_factory=dict)
     processors: list[SpanProcessor] = field(default_factory=list)
+    wired_roots: set[str] = field(default_factory=set)  # see _wire_root
     shut_down: bool = False
 
 
 _state = _State()
 _lock = threading.RLock()
+#: Processors that serve an app for its whole life (its live feed's), by resolved
+#: project root: unlike the ones passed to ``configure``, they outlive
+#: ``shutdown()`` and are added again when their root is next used (configured or
+#: a run opened for it). Weak: they go with their app.
+_app_processors: dict[str, list[weakref.ref[SpanProcessor]]] = {}
 
 
 def _resolve(root: str | os.PathLike[str]) -> str:
@@ -75,6 +82,8 @@ def configure(
         _state.shut_down = False
         provider = _ensure_provider(service_name, sampler, otlp_endpoint)
         if ledger is not None:
+            if ledger != _state.ledger_enabled:
+                _state.wired_roots.clear()  # every root's ledger is decided again
             _state.ledger_enabled = ledger
         elif _state.ledger_enabled is None:
             _state.ledger_enabled = _settings.env_bool(_settings.OTEL_RUNS_LEDGER, True)
@@ -86,12 +95,42 @@ def configure(
         resolved = _resolve(root)
         if _state.default_root is None or project_root is not None:
             _state.default_root = resolved
-        _ensure_ledger(resolved)
+        _wire_root(resolved)
         for proc in processors:
-            if proc not in _state.processors:
-                provider.add_span_processor(proc)
-                _state.processors.append(proc)
+            _add_processor(proc)
         return provider
+
+
+def add_app_processor(proc: SpanProcessor, project_root: str | os.PathLike[str],
+                      ledger: bool | None = None) -> None:
+    """Add ``proc`` for the life of the process: :func:`configure` (for ``project_root``)
+    adds it now and again after each :func:`shutdown`. ``proc.shutdown()`` must leave
+    it usable."""
+    with _lock:
+        refs = _app_processors.setdefault(_resolve(project_root), [])
+        if not any(ref() is proc for ref in refs):
+            refs.append(weakref.ref(proc))
+        configure(project_root, ledger=ledger)
+
+
+def _add_processor(proc: SpanProcessor) -> None:
+    assert _state.provider is not None
+    if proc not in _state.processors:
+        _state.provider.add_span_processor(proc)
+        _state.processors.append(proc)
+
+
+def _wire_root(resolved_root: str) -> None:
+    """Give a project root its ledger and its apps' processors (under ``_lock``)."""
+    _ensure_ledger(resolved_root)
+    refs = _app_processors.get(resolved_root)
+    if refs:
+        refs[:] = [ref for ref in refs if ref() is not None]
+        for ref in refs:
+            proc = ref()
+            if proc is not None:
+                _add_processor(proc)
+    _state.wired_roots.add(resolved_root)
 
 
 def _ensure_provider(service_name: str | None, sampler: Sampler | None,
@@ -173,9 +212,11 @@ def project_root_for_run(project_root: str | os.PathLike[str] | None) -> str | N
                 configure()
         return _state.default_root
     resolved = _resolve(project_root)
-    if resolved not in _state.ledger_processors and _state.ledger_enabled is not False:
+    if resolved not in _state.wired_roots:
         with _lock:
-            _ensure_ledger(resolved)
+            if _state.provider is None:
+                configure()
+            _wire_root(resolved)
     return resolved
 
 
@@ -226,6 +267,7 @@ def _reset_locked() -> None:
             active._span_processors = tuple(p for p in procs if id(p) not in ours)
     _state.ledger_processors.clear()
     _state.processors.clear()
+    _state.wired_roots.clear()
     _state.default_root = None
     _state.ledger_enabled = None
     _state.durability = None

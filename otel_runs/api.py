@@ -313,8 +313,9 @@ def register(app: Flask, state: Any) -> None:
         from . import _setup
 
         proc = SSESpanProcessor(hub, project_root=state.project_root)
-        _setup.configure(state.project_root, processors=[proc],
-                         ledger=state.ext.configure_kwargs.get("ledger"))
+        # For the app's life: otel_runs.shutdown() and configure() again keep its feed.
+        _setup.add_app_processor(proc, state.project_root,
+                                 ledger=state.ext.configure_kwargs.get("ledger"))
         state.extra["sse_processor"] = proc
     if "otel_runs" not in app.blueprints:
         app.register_blueprint(blueprint)

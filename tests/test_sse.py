@@ -329,3 +329,20 @@ def test_sse_processor_publishes_only_this_apps_runs(tmp_path: Path) -> None:
         got += [e.json()["run_id"] for e in sub_a.next_batch(1.0)]
     assert got == [run.run_id, run.run_id]
     assert sub_b.next_batch(0.2) == []
+
+
+def test_an_apps_feed_survives_shutdown_and_configure(tmp_path: Path) -> None:
+    """otel_runs.shutdown() and configure() again (tests, a reload) keep an app's live
+    feed: its SSE processor comes back with its project, not only its ledger."""
+    app = make_app(tmp_path / "a")
+    sub = get_hub(app).subscribe()
+    otel_runs.shutdown()
+    otel_runs.configure(tmp_path / "elsewhere", ledger=False)
+    with otel_runs.tracked_run(tmp_path / "a", "deploy", "deploy:k8s") as run:
+        pass
+    got = []
+    for _ in range(10):
+        got += [(e.type, e.json()["run_id"]) for e in sub.next_batch(0.5)]
+        if len(got) >= 2:
+            break
+    assert got == [("run:started", run.run_id), ("run:completed", run.run_id)]
