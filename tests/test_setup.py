@@ -114,11 +114,12 @@ def test_run_processors_ahead_of_and_behind_otel_runs_own_see_the_same(tmp_path:
 
 def test_a_run_with_an_explicit_root_before_any_configure(tmp_path: Path) -> None:
     out = _run_python("""
-    import json, otel_runs
-    with otel_runs.tracked_run(%r, "deploy", "deploy:k8s") as run:
+    import json, os, otel_runs
+    root = os.environ.pop("OTEL_RUNS_PROJECT_ROOT")  # given explicitly, not as the default
+    with otel_runs.tracked_run(root, "deploy", "deploy:k8s") as run:
         pass
     print(json.dumps({"run_id": run.run_id}))
-    """ % str(tmp_path), tmp_path)
+    """, tmp_path)
     assert out["run_id"]
 
 
