@@ -20,7 +20,6 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from . import _attributes as A
 from ._context import STARTING_RUN_KEY, parent_run_id, with_run
 from ._ids import now_run_id
-from ._model import Run, iso_from_ns
 from ._redact import clean_metadata, clean_summary, metadata_json
 from ._setup import project_root_for_run, run_tracer
 from ._taxonomy import validate_run_type
@@ -97,7 +96,6 @@ def _attr_value(value: Any) -> Any:
         return value
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
         return value
-    import json
 
     return json.dumps(value, ensure_ascii=False)
 
@@ -139,11 +137,10 @@ class RunScope:
         parent = parent_run_id(parent_ctx)
         if parent is not None:
             attributes[A.RUN_PARENT_ID] = parent
-        # The Run as processors' on_start will see it (the span's ids are added when
-        # it starts), and its project: processors find both through the start context.
-        entry = OpenRun(Run(run_id, run_type, subtype, "running", summary, iso_from_ns(now_ns),
-                            metadata=json.loads(self._initial_metadata) if meta else {},
-                            parent_run_id=parent), root)
+        # The run as processors will see it (its Run is built if one asks), and its
+        # project: processors find both through the start context.
+        entry = OpenRun(root, run_id, run_type, subtype, summary, now_ns, self._initial_metadata,
+                        parent)
         run_opening(entry)
         try:
             span = run_tracer().start_span(

@@ -27,29 +27,48 @@ def is_run_span(span: ReadableSpan) -> bool:
 
 class OpenRun:
     """What this process knows of one open run span, from just before it starts
-    until just after it ends: its project, the Run at start and, once it is
-    ending, what the end Run is built from. Processors find it through the start
+    until just after it ends: its project, what its start Run is made of and, once
+    it is ending, what its end Run is made of. Processors find it through the start
     context (``on_start``) or by span id (``on_end``), never by reading the span's
-    attributes: every span passes through the processors, and most are not runs."""
+    attributes: every span passes through the processors, and most are not runs.
+    The Runs are built on first use, once, and shared by every processor (so a
+    process whose processors take spans, as the ledger's does, builds none)."""
 
-    __slots__ = ("run_id", "root", "start", "span_id", "_final", "_end")
+    __slots__ = ("run_id", "root", "span_id", "_fields", "_ids", "_start", "_final", "_end")
 
-    def __init__(self, start: Run, root: str | None) -> None:
-        self.run_id = start.run_id
+    def __init__(self, root: str | None, run_id: str, run_type: str, subtype: str, summary: str,
+                 start_ns: int, metadata_json: str, parent_run_id: str | None) -> None:
+        self.run_id = run_id
         self.root = root
-        self.start = start  # shared by every processor: read-only for them
         self.span_id: int | None = None
+        self._fields = (run_type, subtype, summary, start_ns, metadata_json, parent_run_id)
+        self._ids: tuple[int, int, Resource | None] | None = None
+        self._start: Run | None = None
         self._final: tuple[str, str, str | None, int] | None = None
         self._end: Run | None = None
 
     def bind(self, span: Span) -> None:
-        """The run span started: note its ids (in the start Run, too)."""
+        """The run span started: note its ids."""
         ctx = span.get_span_context()
         self.span_id = ctx.span_id
-        start = self.start
-        start.trace_id, start.span_id = format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
-        start.service = _service_name(span.resource)
+        self._ids = (ctx.trace_id, ctx.span_id, span.resource)
         _by_span_id[ctx.span_id] = self
+        self._start = None  # (re)built with the ids on first use
+
+    @property
+    def start(self) -> Run:
+        """The Run at start (status ``running``); read-only for processors."""
+        run = self._start
+        if run is None:
+            run_type, subtype, summary, start_ns, meta, parent = self._fields
+            trace_id, span_id, resource = self._ids or (0, 0, None)
+            run = Run(self.run_id, run_type, subtype, "running", summary, iso_from_ns(start_ns),
+                      None, None, parse_metadata(meta),
+                      format(trace_id, "032x") if self._ids else "",
+                      format(span_id, "016x") if self._ids else "",
+                      parent, _service_name(resource), [])
+            self._start = run
+        return run
 
     def ending(self, status: str, summary: str, metadata_json: str | None, end_ns: int) -> None:
         """What the run span is about to end with (``metadata_json`` None: unchanged)."""
