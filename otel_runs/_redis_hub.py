@@ -3,8 +3,11 @@
 Events are ``XADD``-ed to one stream trimmed to about ``buffer_size`` entries
 (``MAXLEN ~``; Redis keeps at least that many). Redis assigns the ids
 (``<ms>-<seq>``), so they increase across every process that publishes, and a
-``Last-Event-ID`` from any worker is understood by all of them. Each stream
-reader blocks in ``XREAD`` on its own connection. Needs the ``redis`` extra.
+``Last-Event-ID`` from any worker is understood by all of them. In each process
+one follower thread blocks in ``XREAD`` and keeps the newest events (decoded and
+encoded once) for every stream reader of the process; a reader further back (a
+``Last-Event-ID`` replay) reads from the stream with ``XRANGE`` until it reaches
+what the follower holds. Needs the ``redis`` extra.
 
 ``publish`` is synchronous with short socket timeouts; ``publish_nowait`` (what
 the SSE processor uses) hands the event to one background thread through a
@@ -14,10 +17,12 @@ that do not fit are dropped with a rate-limited warning.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import queue
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from ._ratelimit import RateLimitedLog
@@ -72,6 +77,7 @@ class RedisHub:
         self._closed = threading.Event()
         self._subscribers: set[_RedisSubscription] = set()
         self._lock = threading.Lock()
+        self._follower: _Follower | None = None
 
     # -- publishing -------------------------------------------------------------
 
@@ -175,6 +181,8 @@ class RedisHub:
                 cursor = f"{parsed[0]}-{parsed[1]}"
         sub = _RedisSubscription(self, cursor, reset, replay_until=parse_event_id(now) or (0, 0))
         with self._lock:
+            if self._follower is None or not self._follower.alive:
+                self._follower = _Follower(self, parse_event_id(now) or (0, 0))
             self._subscribers.add(sub)
         return sub
 
@@ -198,23 +206,87 @@ class RedisHub:
                 pass
         for sub in list(self._subscribers):
             sub.close()
+        follower = self._follower
+        if follower is not None:
+            with follower.cond:  # readers waiting for events: they are dropped now
+                follower.cond.notify_all()
+
+
+class _Follower:
+    """The process's one ``XREAD BLOCK`` loop: every event after ``floor`` is in
+    ``events`` (the newest ``buffer_size``), decoded once for all readers."""
+
+    def __init__(self, hub: RedisHub, start: tuple[int, int]) -> None:
+        self.hub = hub
+        self.floor = start  # every event after this id is held here
+        self.ids: deque[tuple[int, int]] = deque()
+        self.events: deque[Event] = deque()
+        self.cond = threading.Condition()
+        self.alive = True
+        self._thread = threading.Thread(target=self._run, name="otel-runs-redis-follower",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import redis
+
+        conn = redis.Redis.from_url(self.hub.url, socket_connect_timeout=_SOCKET_TIMEOUT,
+                                    socket_timeout=_SOCKET_TIMEOUT + 1.0)
+        cursor = f"{self.floor[0]}-{self.floor[1]}"
+        try:
+            while not self.hub._closed.is_set():
+                try:
+                    reply = conn.xread({self.hub.stream: cursor}, count=1000, block=1000)
+                except Exception as exc:  # Redis away: retry; readers wait (bounded) meanwhile
+                    _warn.warning("redis-hub-follow", "otel-runs: reading the event stream from "
+                                  "Redis %s failed: %s", self.hub.url, exc)
+                    self.hub._closed.wait(0.5)
+                    continue
+                entries = reply[0][1] if reply else []
+                if not entries:
+                    continue
+                batch = [(_event_key(raw_id), _event(raw_id, fields)) for raw_id, fields in entries]
+                cursor = batch[-1][1].id
+                capacity = max(self.hub.buffer_size, 1)
+                with self.cond:
+                    for key, event in batch:
+                        self.ids.append(key)
+                        self.events.append(event)
+                    while len(self.ids) > capacity:
+                        self.floor = self.ids.popleft()
+                        self.events.popleft()
+                    self.cond.notify_all()
+        finally:
+            with self.cond:
+                self.alive = False
+                self.cond.notify_all()
+            conn.close()
+
+
+def _event_key(raw_id: Any) -> tuple[int, int]:
+    return parse_event_id(raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)) or (0, 0)
+
+
+def _event(raw_id: Any, fields: dict[bytes, bytes]) -> Event:
+    event_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+    return Event(event_id, fields.get(b"type", b"message").decode(),
+                 fields.get(b"data", b"null").decode())
 
 
 class _RedisSubscription:
-    """A cursor into the stream; reads with ``XREAD BLOCK`` on a private connection."""
+    """A cursor into the stream: served from the process's follower, or with
+    ``XRANGE`` while it is further back than what the follower holds."""
 
     def __init__(self, hub: RedisHub, cursor: str, reset: bool,
                  replay_until: tuple[int, int]) -> None:
-        import redis
-
         self.hub = hub
         self.cursor = cursor
+        self._key = parse_event_id(cursor) or (0, 0)
         #: Events up to here are a replay: read in chunks, not a reason to drop.
         self.replay_until = replay_until
         self.last_read = time.monotonic()
         self.pending_reset = reset
         self.closed = False
-        self._conn = redis.Redis.from_url(hub.url, socket_connect_timeout=_SOCKET_TIMEOUT)
 
     def next_batch(self, timeout: float) -> list[Event]:
         if self.pending_reset:
@@ -223,32 +295,67 @@ class _RedisSubscription:
                           _dumps({"reason": "last event id unknown or too old; reload"}))]
         if self.closed or self.hub._closed.is_set():
             raise SubscriberDroppedError("hub closed")
+        follower = self.hub._follower
+        if follower is not None and follower.alive and self._key >= follower.floor:
+            return self._from_follower(follower, timeout)
+        return self._from_stream()
+
+    def _from_follower(self, follower: _Follower, timeout: float) -> list[Event]:
         limit = self.hub.client_queue
-        replaying = (parse_event_id(self.cursor) or (0, 0)) < self.replay_until
-        if replaying:
-            if self.hub._too_old(parse_event_id(self.cursor) or (0, 0), self.hub._info()):
-                raise SubscriberDroppedError("reader fell behind the trimmed stream")
-        block_ms = max(1, int(timeout * 1000))
-        reply = self._conn.xread({self.hub.stream: self.cursor},
-                                 count=limit if replaying else limit + 1, block=block_ms)
+        deadline = time.monotonic() + timeout
+        with follower.cond:
+            while True:
+                if self.closed or self.hub._closed.is_set():
+                    raise SubscriberDroppedError("hub closed")
+                if self._key < follower.floor:  # evicted meanwhile: read from the stream
+                    break
+                start = bisect.bisect_right(follower.ids, self._key)
+                lag = len(follower.ids) - start
+                if lag:
+                    if (lag > limit and self._key >= self.replay_until
+                            and time.monotonic() - self.last_read > self.hub.slow_after):
+                        raise SubscriberDroppedError(
+                            f"reader fell {lag} events behind and was away "
+                            f"{time.monotonic() - self.last_read:.1f}s")
+                    events = [follower.events[i] for i in range(start, start + min(lag, limit))]
+                    self._advance(events)
+                    return events
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not follower.alive:
+                    self.last_read = time.monotonic()
+                    return []
+                follower.cond.wait(remaining)
+        return self._from_stream()
+
+    def _from_stream(self) -> list[Event]:
+        """Read on from the stream itself: the reader is further back than the
+        follower holds (a ``Last-Event-ID`` replay, or it lagged that far)."""
+        limit = self.hub.client_queue
+        replaying = self._key < self.replay_until
+        if replaying and self.hub._too_old(self._key, self.hub._info()):
+            raise SubscriberDroppedError("reader fell behind the trimmed stream")
+        reply = self.hub._redis.xread({self.hub.stream: self.cursor},
+                                      count=limit if replaying else limit + 1)
         entries = reply[0][1] if reply else []
+        if not entries:  # the follower holds newer events, the stream none after ours
+            raise SubscriberDroppedError("reader fell behind the trimmed stream")
         if len(entries) > limit:
             away = time.monotonic() - self.last_read
             if away > self.hub.slow_after:
                 raise SubscriberDroppedError(
                     f"reader fell more than {limit} events behind and was away {away:.1f}s")
-            if self.hub._too_old(parse_event_id(self.cursor) or (0, 0), self.hub._info()):
+            if self.hub._too_old(self._key, self.hub._info()):
                 raise SubscriberDroppedError("reader fell behind the trimmed stream")
             entries = entries[:limit]  # a busy reader: hand out the backlog in chunks
-        self.last_read = time.monotonic()
-        events: list[Event] = []
-        for raw_id, fields in entries:
-            event_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
-            etype = fields.get(b"type", b"message").decode()
-            data = fields.get(b"data", b"null").decode()
-            events.append(Event(event_id, etype, data))
-            self.cursor = event_id
+        events = [_event(raw_id, fields) for raw_id, fields in entries]
+        self._advance(events)
         return events
+
+    def _advance(self, events: list[Event]) -> None:
+        self.last_read = time.monotonic()
+        if events:
+            self.cursor = events[-1].id
+            self._key = parse_event_id(self.cursor) or (0, 0)
 
     def next_frames(self, timeout: float) -> tuple[int, bytes]:
         batch = self.next_batch(timeout)
@@ -258,7 +365,3 @@ class _RedisSubscription:
         if not self.closed:
             self.closed = True
             self.hub._forget(self)
-            try:
-                self._conn.close()
-            except Exception:  # pragma: no cover - best effort
-                pass

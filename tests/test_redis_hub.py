@@ -57,6 +57,12 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
             proc.wait(10)
 
 
+def _followed(hub: RedisHub, count: int) -> None:
+    """Wait until the process's follower holds ``count`` events (it reads the stream
+    in the background: a burst reaches it a moment after XADD)."""
+    wait_until(lambda: hub._follower is not None and len(hub._follower.ids) >= count, timeout=10)
+
+
 def _drain(sub: Any, want: int, timeout: float = 1.0) -> list:
     out: list = []
     for _ in range(50):
@@ -107,6 +113,7 @@ def test_a_lagging_reader_is_dropped(redis_url: str) -> None:
     sub = hub.subscribe()
     for i in range(20):
         hub.publish("tick", i)
+    _followed(hub, 20)
     with pytest.raises(SubscriberDroppedError):
         sub.next_batch(1.0)
     sub.close()
@@ -117,10 +124,40 @@ def test_a_busy_reader_gets_a_burst_in_chunks(redis_url: str) -> None:
     hub = RedisHub(redis_url, buffer_size=200, client_queue=5, slow_after=60.0)
     sub = hub.subscribe()
     ids = [hub.publish("tick", i) for i in range(12)]
+    _followed(hub, 12)
     sizes = [len(sub.next_batch(1.0)) for _ in range(3)]
     assert sizes == [5, 5, 2]
     sub.close()
     assert ids
+
+
+def test_the_readers_of_a_process_share_one_redis_reader(redis_url: str) -> None:
+    """Each stream of a worker reads from the process's one follower: 10 readers,
+    one blocking XREAD connection (was: one per stream), every event to each."""
+    hub = RedisHub(redis_url)
+    subs = [hub.subscribe() for _ in range(10)]
+    got: list[list[Any]] = [[] for _ in subs]
+
+    def read(i: int) -> None:
+        for _ in range(40):  # bounded
+            if len(got[i]) >= 5:
+                return
+            got[i] += subs[i].next_batch(0.5)
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(len(subs))]
+    for t in threads:
+        t.start()
+    ids = [hub.publish("tick", i) for i in range(5)]
+    for t in threads:
+        t.join(30)
+    assert all([e.id for e in g] == ids for g in got)
+    assert all(g[0].frame is got[0][0].frame for g in got)  # decoded and encoded once
+    admin = redis.Redis.from_url(redis_url)
+    assert [c.get("cmd") for c in admin.client_list()].count("xread") == 1
+    admin.close()
+    for sub in subs:
+        sub.close()
+    hub.close()
 
 
 def test_publish_nowait_never_blocks_when_redis_is_down() -> None:
@@ -152,6 +189,9 @@ def _app(root: Path, name: str) -> Flask:
     def build() -> Any:
         return {"ok": True, "summary": f"built on {name}"}
 
+    # A short heartbeat: the test's reader (requests' iter_lines reads 512-byte blocks)
+    # and its close() never wait long for the next bytes.
+    app.config["OTEL_RUNS_SSE_HEARTBEAT"] = 0.5
     RunTracking(app, ledger=False)
     api.register(app, app.extensions["otel_runs"])
     return app
