@@ -60,10 +60,14 @@ def process_start_time(pid: int | None = None) -> int | None:
         return None
 
 
+#: ``json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=repr)``, without
+#: building an encoder per line (two lines per run, on the request path).
+_LINE_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=repr)
+
+
 def encode_line(obj: Any) -> bytes:
     """One journal line: compact JSON and a newline."""
-    return (json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=repr)
-            + "\n").encode("utf-8")
+    return (_LINE_ENCODER.encode(obj) + "\n").encode("utf-8")
 
 
 class JournalWriter:
