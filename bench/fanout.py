@@ -1,6 +1,6 @@
 """Live-feed fan-out: 100 SSE clients, 1,000 runs, against a real server process.
 
-    python bench/fanout.py [--clients 100] [--runs 1000] [--rounds 3] [--posters 4] [--seconds 120]
+    python bench/fanout.py [--clients 100] [--runs 1000] [--rounds 5] [--posters 4] [--seconds 120]
                            [--no-ledger] [--linger S]
 
 A threaded werkzeug server (``make_server(threaded=True)``, one thread per
@@ -331,7 +331,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--runs", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=int, default=5,
                         help="none/fan alternations (the ratio is the median over rounds)")
     parser.add_argument("--posters", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=120.0)
