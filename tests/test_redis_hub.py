@@ -160,6 +160,31 @@ def test_the_readers_of_a_process_share_one_redis_reader(redis_url: str) -> None
     hub.close()
 
 
+def test_a_reader_further_back_than_the_follower_holds_reads_on_from_the_stream(
+        redis_url: str) -> None:
+    """The follower keeps the newest ``buffer_size`` events; a busy reader that falls
+    further back than that reads on from Redis in chunks, then from the follower."""
+    hub = RedisHub(redis_url, buffer_size=20, client_queue=5, slow_after=60.0)
+    sub = hub.subscribe()
+    ids = [hub.publish("tick", i) for i in range(50)]
+    _followed(hub, 20)
+    wait_until(lambda: hub._follower is not None and hub._follower.ids[-1] == parse_event_id(ids[-1]))
+    assert parse_event_id(sub.cursor) < hub._follower.floor  # the follower no longer holds its next events
+    got: list[Any] = []
+    sizes = []
+    for _ in range(30):  # bounded
+        batch = sub.next_batch(0.5)
+        sizes.append(len(batch))
+        got += batch
+        if len(got) >= len(ids):
+            break
+    assert [e.id for e in got] == ids and max(sizes) == 5
+    later = hub.publish("tick", 50)  # and from now on from the follower
+    assert [e.id for e in _drain(sub, 1)] == [later]
+    sub.close()
+    hub.close()
+
+
 def test_publish_nowait_never_blocks_when_redis_is_down() -> None:
     port = free_port()  # nothing listens there
     hub = RedisHub(f"redis://127.0.0.1:{port}/0")
