@@ -96,6 +96,27 @@ def per_request_us(app: Flask, n: int) -> float:
     return (time.perf_counter() - start) / n * 1e6
 
 
+def interleaved(apps: dict[str, Flask], rounds: int,
+                requests: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Warm up, then time every app ``rounds`` times in a shuffled order each round.
+    Returns each app's median us/request and its ratio to app ``"a"``: the median of
+    per-round ratios (the apps of one round run within a second, so load changes on
+    a shared machine mostly cancel out)."""
+    for app in apps.values():
+        per_request_us(app, 50)
+    samples: dict[str, list[float]] = {name: [] for name in apps}
+    order = list(apps)
+    shuffle = random.Random(0).shuffle
+    for _ in range(rounds):
+        shuffle(order)  # no case always runs first or right after another one
+        for name in order:
+            samples[name].append(per_request_us(apps[name], requests))
+    med = {name: statistics.median(values) for name, values in samples.items()}
+    ratio = {name: statistics.median(x / a for x, a in zip(values, samples["a"], strict=True))
+             for name, values in samples.items()}
+    return med, ratio
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=60)
@@ -122,22 +143,8 @@ def main() -> None:
     cases["s"] = nested_span
     apps = {name: make() for name, make in cases.items()}
 
-    for app in apps.values():  # warm up
-        per_request_us(app, 50)
-    samples: dict[str, list[float]] = {name: [] for name in apps}
-    order = list(apps)
-    shuffle = random.Random(0).shuffle
-    for _ in range(args.rounds):
-        shuffle(order)  # no case always runs first or right after another one
-        for name in order:
-            samples[name].append(per_request_us(apps[name], args.requests))
+    med, ratio = interleaved(apps, args.rounds, args.requests)
     otel_runs.flush()
-
-    med = {name: statistics.median(values) for name, values in samples.items()}
-    # Each ratio is the median of per-round ratios: the cases of one round run
-    # within a second, so load changes on a shared machine mostly cancel out.
-    ratio = {name: statistics.median(x / a for x, a in zip(values, samples["a"], strict=True))
-             for name, values in samples.items()}
     labels = {"a": "FlaskInstrumentor only", "b": "+ @run_tracked, no-op RunProcessor",
               "c": "+ git ledger (journal on request path)",
               "s": "a + one plain nested span (for scale)"}

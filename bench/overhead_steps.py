@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import random
-import statistics
 import sys
 import tempfile
 import time
@@ -116,18 +114,9 @@ def main() -> None:
         "+id+json": by_hand("json", run_id=True, json_body=True, runs=False),
         "+id+json+run": by_hand("run", run_id=True, json_body=True, runs=True),
     }
-    for app in apps.values():  # warm up
-        overhead.per_request_us(app, 50)
-    samples: dict[str, list[float]] = {name: [] for name in apps}
-    order = list(apps)
-    shuffle = random.Random(0).shuffle
-    for _ in range(args.rounds):
-        shuffle(order)
-        for name in order:
-            samples[name].append(overhead.per_request_us(apps[name], args.requests))
-    for name, values in samples.items():
-        ratio = statistics.median(x / a for x, a in zip(values, samples["a"], strict=True))
-        print(f"{name:<14} median {statistics.median(values):8.1f} us/request   ratio to a {ratio:.3f}")
+    med, ratio = overhead.interleaved(apps, args.rounds, args.requests)
+    for name in apps:
+        print(f"{name:<14} median {med[name]:8.1f} us/request   ratio to a {ratio[name]:.3f}")
     otel_runs.shutdown()
 
 

@@ -91,16 +91,9 @@ class Run:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
-    def from_span(cls, span: ReadableSpan, *, started: Run | None = None) -> Run:
-        """Build a Run from a run span (running if the span has not ended).
-
-        ``started``, the Run built from this same span when it started, lends the
-        fields that are fixed when a run starts (ids, type, subtype, parent, start
-        time, service): for an ended span only status, summary, metadata and events
-        are read from it."""
+    def from_span(cls, span: ReadableSpan) -> Run:
+        """Build a Run from a run span (running if the span has not ended)."""
         end = span.end_time
-        if started is not None and end is not None:
-            return cls._ended(span, started, end)
         attrs = dict(span.attributes or {})  # one copy: plain dict lookups from here on
         run_id = attrs.get(A.RUN_ID)
         run_type = attrs.get(A.RUN_TYPE)
@@ -125,25 +118,6 @@ class Run:
             parent_run_id=parent if isinstance(parent, str) else None,
             service=str(span.resource.attributes.get("service.name", "") if span.resource else ""),
             events=span_events(span),
-        )
-
-    @classmethod
-    def _ended(cls, span: ReadableSpan, started: Run, end: int) -> Run:
-        """``from_span`` of an ended span whose start Run is known: only what a run
-        can change while open is read from the span (status, summary, metadata,
-        events); ids, type, subtype, parent and start come from ``started``."""
-        attrs = span.attributes or {}
-        raw_meta = attrs.get(A.RUN_METADATA)
-        return cls(
-            started.run_id, started.type, started.subtype,
-            str(attrs.get(A.RUN_STATUS, "ok")),
-            str(attrs.get(A.RUN_SUMMARY, "")),
-            started.started_at,
-            iso_from_ns(end),
-            round((end - (span.start_time or 0)) / 1e6, 3),
-            started.metadata if raw_meta is None else parse_metadata(raw_meta),
-            started.trace_id, started.span_id, started.parent_run_id, started.service,
-            span_events(span),
         )
 
 

@@ -197,11 +197,10 @@ class RunScope:
         final: dict[str, Any] = {A.RUN_STATUS: status}
         if summary:
             final[A.RUN_SUMMARY] = summary
-        meta: str | None = metadata_json(h.metadata) if h.metadata else "{}"
-        if meta != self._initial_metadata:
-            final[A.RUN_METADATA] = meta
-        else:
-            meta = None
+        meta = metadata_json(h.metadata) if h.metadata else "{}"
+        changed_meta = meta if meta != self._initial_metadata else None
+        if changed_meta is not None:
+            final[A.RUN_METADATA] = changed_meta
         span.set_attributes(final)
         if status == "failed":
             span.set_status(Status(StatusCode.ERROR, summary or "failed"))
@@ -210,7 +209,7 @@ class RunScope:
         h._status = status
         h._summary = summary
         end_ns = time.time_ns()
-        self._entry.ending(status, summary, meta, end_ns)
+        self._entry.ending(status, summary, changed_meta, end_ns)
         try:
             span.end(end_ns)
         finally:

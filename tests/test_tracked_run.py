@@ -257,3 +257,14 @@ def test_inside_a_flask_request_the_run_is_a_child_of_the_request_span(collector
     assert span.parent is not None
     assert span.parent.span_id == seen["request_span"].span_id
     assert span.context.trace_id == seen["request_span"].trace_id
+
+
+def test_a_run_span_ended_directly_still_reaches_the_processors(collector) -> None:  # noqa: ANN001
+    """Ending ``run.span`` by hand bypasses RunScope: processors get the Run read from
+    the span, once (the block's own end is then a no-op for them)."""
+    with tracked_run(None, "deploy", "deploy:k8s", summary="by hand") as run:
+        run.span.set_attribute("run.status", "cancelled")
+        run.span.end()
+    ended = [r for r in collector.ended if r.run_id == run.run_id]
+    assert len(ended) == 1
+    assert (ended[0].status, ended[0].summary, ended[0].type) == ("cancelled", "by hand", "deploy")

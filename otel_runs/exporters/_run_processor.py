@@ -13,7 +13,7 @@ from .._context import STARTING_RUN_KEY, local_run_id
 from .._model import Run, iso_from_ns, parse_metadata, span_events
 from .._ratelimit import RateLimitedLog
 
-__all__ = ["OpenRun", "RunProcessor", "child_run_id", "ending_run", "is_run_span", "run_closed",
+__all__ = ["OpenRun", "RunProcessor", "child_run_id", "is_run_span", "open_run_of", "run_closed",
            "run_opening", "run_project_root", "starting_run"]
 
 logger = logging.getLogger("otel_runs.exporters")
@@ -34,7 +34,8 @@ class OpenRun:
     The Runs are built on first use, once, and shared by every processor (so a
     process whose processors take spans, as the ledger's does, builds none)."""
 
-    __slots__ = ("run_id", "root", "span_id", "_fields", "_ids", "_start", "_final", "_end")
+    __slots__ = ("run_id", "root", "span_id", "_fields", "_trace_id", "_resource", "_start",
+                 "_final", "_end")
 
     def __init__(self, root: str | None, run_id: str, run_type: str, subtype: str, summary: str,
                  start_ns: int, metadata_json: str, parent_run_id: str | None) -> None:
@@ -42,7 +43,8 @@ class OpenRun:
         self.root = root
         self.span_id: int | None = None
         self._fields = (run_type, subtype, summary, start_ns, metadata_json, parent_run_id)
-        self._ids: tuple[int, int, Resource | None] | None = None
+        self._trace_id = 0
+        self._resource: Resource | None = None
         self._start: Run | None = None
         self._final: tuple[str, str, str | None, int] | None = None
         self._end: Run | None = None
@@ -51,7 +53,7 @@ class OpenRun:
         """The run span started: note its ids."""
         ctx = span.get_span_context()
         self.span_id = ctx.span_id
-        self._ids = (ctx.trace_id, ctx.span_id, span.resource)
+        self._trace_id, self._resource = ctx.trace_id, span.resource
         _by_span_id[ctx.span_id] = self
         self._start = None  # (re)built with the ids on first use
 
@@ -61,12 +63,12 @@ class OpenRun:
         run = self._start
         if run is None:
             run_type, subtype, summary, start_ns, meta, parent = self._fields
-            trace_id, span_id, resource = self._ids or (0, 0, None)
+            bound = self.span_id is not None
             run = Run(self.run_id, run_type, subtype, "running", summary, iso_from_ns(start_ns),
                       None, None, parse_metadata(meta),
-                      format(trace_id, "032x") if self._ids else "",
-                      format(span_id, "016x") if self._ids else "",
-                      parent, _service_name(resource), [])
+                      format(self._trace_id, "032x") if bound else "",
+                      format(self.span_id, "016x") if bound else "",
+                      parent, _service_name(self._resource), [])
             self._start = run
         return run
 
@@ -80,7 +82,7 @@ class OpenRun:
         if run is None:
             final = self._final
             if final is None:  # ended some other way than RunScope.finish: read the span
-                run = Run.from_span(span, started=self.start)
+                run = Run.from_span(span)
             else:
                 status, summary, meta, end_ns = final
                 s = self.start
@@ -128,8 +130,8 @@ def starting_run(span: Span, parent_context: Context | None) -> OpenRun | None:
     return entry  # type: ignore[no-any-return]
 
 
-def ending_run(span: ReadableSpan) -> OpenRun | None:
-    """The open run ``span`` is the run span of, in ``on_end``; None for other spans."""
+def open_run_of(span: ReadableSpan) -> OpenRun | None:
+    """The open run ``span`` is the run span of (once it started); None for other spans."""
     if not _by_span_id:
         return None
     ctx = span.context
@@ -149,8 +151,7 @@ def run_project_root(span: ReadableSpan) -> str | None:
     """The resolved project root of the run ``span`` belongs to (the run span itself or
     a span opened inside it) while that run is open in this process, else None.
     Processors that serve one project (the ledger's, the live feed's) filter with it."""
-    ctx = span.context
-    entry = _by_span_id.get(ctx.span_id) if ctx is not None else None
+    entry = open_run_of(span)
     if entry is None:
         run_id = child_run_id(span)
         if run_id is None:  # e.g. a processor added ahead of otel-runs' own
@@ -209,7 +210,7 @@ class RunProcessor(SpanProcessor):
                 self._hook_failed("on_run_start")
 
     def on_end(self, span: ReadableSpan) -> None:
-        entry = ending_run(span)
+        entry = open_run_of(span)
         if entry is not None:
             if self._accepts(span):
                 try:

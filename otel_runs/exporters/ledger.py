@@ -27,8 +27,8 @@ from ..ledger import Ledger, LedgerError, ledger_for
 from ._run_processor import (
     RunProcessor,
     child_run_id,
-    ending_run,
     is_run_span,
+    open_run_of,
     run_project_root,
     starting_run,
 )
@@ -146,7 +146,7 @@ class LedgerRunProcessor(RunProcessor):
                               entry.run_id)
 
     def on_end(self, span: ReadableSpan) -> None:
-        entry = ending_run(span)
+        entry = open_run_of(span)
         run_id = entry.run_id if entry is not None else child_run_id(span)
         if run_id is None:
             return
