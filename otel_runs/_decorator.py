@@ -10,9 +10,10 @@ from typing import Any, TypeVar
 
 from flask import Flask, after_this_request
 from flask.globals import _cv_app, _cv_request
+from opentelemetry.context import attach, detach
 
 from ._taxonomy import validate_run_type
-from ._tracking import RunScope
+from ._tracking import RunScope, _current
 
 __all__ = ["run_tracked", "RUN_ID_HEADER", "tracked_by"]
 
@@ -92,8 +93,11 @@ def run_tracked(
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             app = _dispatching_app(wrapper)
             if app is not None:
-                scope = rules.start_view_run(app)
-                tokens = scope.activate()  # no context manager: this is the hot path
+                scope = RunScope(app.config.get("PROJECT_ROOT"), run_type, subtype, summary,
+                                 validated=True)
+                # scope.activate()/deactivate() inline: this is the hot path.
+                token = attach(scope.context)
+                run_token = _current.set(scope.handle)
                 try:
                     response = app.make_response(fn(*args, **kwargs))
                 except BaseException as exc:
@@ -101,7 +105,8 @@ def run_tracked(
                     scope.finish(exc)
                     raise
                 finally:
-                    scope.deactivate(tokens)
+                    _current.reset(run_token)
+                    detach(token)
                 return rules.finish_view_run(app, scope, response)
             scope = rules.start_run()
             tokens = scope.activate()
@@ -166,7 +171,7 @@ class _Rules:
     def header_on_error_response(scope: RunScope) -> None:
         """The view raised: put ``X-Run-Id`` on the response Flask's error handling
         builds (``after_this_request`` runs in ``process_response`` for it too)."""
-        run_id = scope.handle.run_id
+        run_id = scope.run_id
 
         def add_run_id_header(response: Any) -> Any:
             response.headers[RUN_ID_HEADER] = run_id
@@ -197,7 +202,7 @@ class _Rules:
     def finish_view_run(self, app: Flask, scope: RunScope, response: Any) -> Any:
         """Derive the run's outcome from the view's response, add ``run_id``, end
         the run (or hand it to the stream)."""
-        response.headers[RUN_ID_HEADER] = scope.handle.run_id
+        response.headers[RUN_ID_HEADER] = scope.run_id
         http_failed = response.status_code >= 400
         if response.is_streamed:
             response.response = _RunStream(scope, response.response, http_failed)
@@ -220,7 +225,7 @@ class _Rules:
                     body_status = None
                 status = status or body_status
                 if "run_id" not in body:
-                    response.set_data(_with_run_id(raw, scope.handle.run_id))
+                    response.set_data(_with_run_id(raw, scope.run_id))
         scope.finish(None, status or "ok", summary)
         return response
 

@@ -77,7 +77,8 @@ def now_run_id() -> tuple[str, int]:
     Ids made by one process sort in creation order, even within a millisecond."""
     ns = time.time_ns()
     ms = ns // 1_000_000
-    return _format(ms, _next_suffix(ms)), ns
+    sec, rem = divmod(ms, 1000)
+    return f"{_id_stamp(sec)}{rem:03d}Z-{_next_suffix(ms):010x}", ns  # as _format
 
 
 def new_run_id(at: datetime | None = None) -> str:

@@ -134,10 +134,13 @@ def parse_metadata(raw: Any) -> dict[str, Any]:
 
 def span_events(span: ReadableSpan) -> list[dict[str, Any]]:
     """A span's events as a Run lists them."""
+    events = span.events
+    if not events:
+        return []
     return [
         {"name": ev.name, "timestamp": iso_from_ns(ev.timestamp),
          "attributes": _jsonable_attrs(ev.attributes)}
-        for ev in span.events
+        for ev in events
     ]
 
 

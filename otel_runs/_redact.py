@@ -71,6 +71,8 @@ def truncate(text: str, limit: int) -> str:
 
 def clean_summary(summary: object) -> str:
     """A summary as a bounded string."""
+    if type(summary) is str and len(summary) <= MAX_SUMMARY_CHARS:
+        return summary  # the common case, without a call
     return truncate(summary if isinstance(summary, str) else str(summary), MAX_SUMMARY_CHARS)
 
 

@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.sampling import Sampler
 
 from . import _settings
 from ._sampling import RunAwareSampler
-from .exporters._run_processor import RunContextSpanProcessor
+from .exporters._run_processor import RunProcessor, RunSpanDispatcher, dispatches_directly
 
 __all__ = ["configure", "flush", "shutdown"]
 
@@ -28,6 +28,7 @@ logger = logging.getLogger("otel_runs")
 @dataclass
 class _State:
     provider: TracerProvider | None = None
+    dispatcher: RunSpanDispatcher | None = None  # otel-runs' one processor on the provider
     tracer: trace.Tracer | None = None
     default_root: str | None = None
     ledger_enabled: bool | None = None  # None: not decided yet (then OTEL_RUNS_LEDGER)
@@ -35,6 +36,9 @@ class _State:
     ledger_processors: dict[str, SpanProcessor | None] = field(default_factory=dict)
     processors: list[SpanProcessor] = field(default_factory=list)
     wired_roots: set[str] = field(default_factory=set)  # see _wire_root
+    #: ``project_root`` arguments already seen by project_root_for_run -> resolved
+    #: root (only wired ones): a run's root is then one dict lookup.
+    run_roots: dict[object, str] = field(default_factory=dict)
     shut_down: bool = False
 
 
@@ -83,7 +87,7 @@ def configure(
         provider = _ensure_provider(service_name, sampler, otlp_endpoint)
         if ledger is not None:
             if ledger != _state.ledger_enabled:
-                _state.wired_roots.clear()  # every root's ledger is decided again
+                _forget_wired_roots()  # every root's ledger is decided again
             _state.ledger_enabled = ledger
         elif _state.ledger_enabled is None:
             _state.ledger_enabled = _settings.env_bool(_settings.OTEL_RUNS_LEDGER, True)
@@ -114,10 +118,25 @@ def add_app_processor(proc: SpanProcessor, project_root: str | os.PathLike[str],
 
 
 def _add_processor(proc: SpanProcessor) -> None:
-    assert _state.provider is not None
     if proc not in _state.processors:
-        _state.provider.add_span_processor(proc)
+        _attach(proc)
         _state.processors.append(proc)
+
+
+def _attach(proc: SpanProcessor) -> None:
+    """Give ``proc`` the spans: through otel-runs' dispatcher when it can stand in
+    for the processor's own ``on_start``/``on_end``, else on the provider."""
+    assert _state.provider is not None and _state.dispatcher is not None
+    if dispatches_directly(proc):
+        assert isinstance(proc, RunProcessor)
+        _state.dispatcher.add(proc)
+    else:
+        _state.provider.add_span_processor(proc)
+
+
+def _forget_wired_roots() -> None:
+    _state.wired_roots.clear()
+    _state.run_roots.clear()
 
 
 def _wire_root(resolved_root: str) -> None:
@@ -151,12 +170,13 @@ def _ensure_provider(service_name: str | None, sampler: Sampler | None,
         # The provider read OTEL_TRACES_SAMPLER(_ARG); wrap it (or the given one).
         provider.sampler = RunAwareSampler(sampler or provider.sampler)
         owns = True
-    provider.add_span_processor(RunContextSpanProcessor())
+    dispatcher = RunSpanDispatcher()
+    provider.add_span_processor(dispatcher)
     tracer = provider.get_tracer("otel_runs")
     if not isinstance(getattr(tracer, "sampler", None), RunAwareSampler) and hasattr(tracer, "sampler"):
         # The application's provider: make only our run spans sampling-proof.
         tracer.sampler = RunAwareSampler(tracer.sampler)
-    _state.provider, _state.tracer = provider, tracer
+    _state.provider, _state.dispatcher, _state.tracer = provider, dispatcher, tracer
     if owns:
         trace.set_tracer_provider(provider)
     if owns or otlp_endpoint:
@@ -191,7 +211,7 @@ def _ensure_ledger(resolved_root: str) -> None:
     proc = ledger_processor_for(resolved_root, durability=_settings.durability(_state.durability))
     _state.ledger_processors[resolved_root] = proc
     if proc is not None:
-        _state.provider.add_span_processor(proc)
+        _attach(proc)
 
 
 def run_tracer() -> trace.Tracer:
@@ -211,12 +231,23 @@ def project_root_for_run(project_root: str | os.PathLike[str] | None) -> str | N
             with _lock:
                 configure()
         return _state.default_root
+    try:
+        resolved = _state.run_roots.get(project_root)
+    except TypeError:  # an unhashable PathLike: resolved every time
+        resolved = None
+    if resolved is not None:
+        return resolved
     resolved = _resolve(project_root)
-    if resolved not in _state.wired_roots:
-        with _lock:
+    with _lock:
+        if resolved not in _state.wired_roots:
             if _state.provider is None:
                 configure()
             _wire_root(resolved)
+        if len(_state.run_roots) < 256:
+            try:
+                _state.run_roots[project_root] = resolved
+            except TypeError:
+                pass
     return resolved
 
 
@@ -259,15 +290,19 @@ def _reset_locked() -> None:
     if provider is not None:
         # Processors stay registered with the provider; a shut-down processor ignores spans.
         # Detach ours so a later configure() starts clean.
-        active = getattr(provider, "_active_span_processor", None)
         ours = {id(p) for p in _state.processors} | {
             id(p) for p in _state.ledger_processors.values() if p is not None}
+        if _state.dispatcher is not None:
+            for proc in _state.dispatcher.processors:
+                if id(proc) in ours:
+                    _state.dispatcher.remove(proc)
+        active = getattr(provider, "_active_span_processor", None)
         procs = getattr(active, "_span_processors", None)
         if procs is not None and ours:
             active._span_processors = tuple(p for p in procs if id(p) not in ours)
     _state.ledger_processors.clear()
     _state.processors.clear()
-    _state.wired_roots.clear()
+    _forget_wired_roots()
     _state.default_root = None
     _state.ledger_enabled = None
     _state.durability = None

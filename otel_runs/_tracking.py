@@ -14,14 +14,14 @@ from types import TracebackType
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from . import _attributes as A
-from ._context import STARTING_RUN_KEY, parent_run_id, with_run
+from ._context import STARTING_RUN_KEY, parent_run_id, run_context
 from ._ids import now_run_id
 from ._redact import clean_metadata, clean_summary, metadata_json
-from ._setup import project_root_for_run, run_tracer
+from ._setup import _state, project_root_for_run, run_tracer
 from ._taxonomy import validate_run_type
 from .exporters._run_processor import OpenRun, run_closed, run_opening
 
@@ -124,7 +124,7 @@ class RunScope:
         run_id, now_ns = now_run_id()
         parent_ctx = otel_context.get_current()
         meta = dict(metadata) if metadata else {}
-        self._initial_metadata = metadata_json(meta)
+        self._initial_metadata = metadata_json(meta) if meta else "{}"
         if summary:
             summary = clean_summary(summary)
         # Only what is known and non-empty: every span attribute costs (status
@@ -143,8 +143,8 @@ class RunScope:
                         parent)
         run_opening(entry)
         try:
-            span = run_tracer().start_span(
-                subtype, context=otel_context.set_value(STARTING_RUN_KEY, entry, parent_ctx),
+            span = (_state.tracer or run_tracer()).start_span(
+                subtype, context=Context({**parent_ctx, STARTING_RUN_KEY: entry}),
                 kind=SpanKind.INTERNAL, attributes=attributes, start_time=now_ns,
             )
             if entry.span_id is None and span.is_recording():  # no processor saw it start
@@ -153,8 +153,9 @@ class RunScope:
             run_closed(entry)
             raise
         self._entry = entry
+        self.run_id = run_id
         self.handle = RunHandle(run_id, run_type, subtype, summary, meta, span)
-        self.context = with_run(run_id, trace.set_span_in_context(span, parent_ctx))
+        self.context = run_context(run_id, span, parent_ctx)
         self.finished = False
 
     def activate(self) -> _Tokens:
@@ -186,8 +187,11 @@ class RunScope:
         self.finished = True
         h = self.handle
         span = h.span
-        status = classify(exc, h.status or derived_status)
-        summary = h.summary
+        if exc is None:
+            status = h._status or derived_status or "ok"
+        else:
+            status = classify(exc, h._status or derived_status)
+        summary = h._summary
         if not h._summary_set and derived_summary:
             summary = clean_summary(derived_summary)
         if exc is not None and status != "ok":

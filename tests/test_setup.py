@@ -112,6 +112,37 @@ def test_run_processors_ahead_of_and_behind_otel_runs_own_see_the_same(tmp_path:
     assert out["left"] == [0, 0, 0]
 
 
+def test_a_run_processor_with_its_own_span_hooks_gets_every_span(tmp_path: Path) -> None:
+    """otel-runs hands runs to the RunProcessors it is given through its one
+    processor on the provider; one that overrides ``on_start``/``on_end`` itself is
+    put on the provider instead, so its hooks see every span as the SDK's would."""
+    out = _run_python(COLLECT + """
+    class OwnHooks(RunProcessor):
+        def __init__(self): self.started, self.ended, self.runs = [], [], []
+        def on_start(self, span, parent_context=None):
+            self.started.append(span.name)
+            super().on_start(span, parent_context)
+        def on_end(self, span):
+            self.ended.append(span.name)
+            super().on_end(span)
+        def on_run_end(self, run): self.runs.append(run.subtype)
+
+    own, plain = OwnHooks(), Runs()
+    otel_runs.configure(processors=[own, plain])
+    tracer = trace.get_tracer("app")
+    with otel_runs.tracked_run(None, "deploy", "deploy:k8s"):
+        with tracer.start_as_current_span("inside"):
+            pass
+    with tracer.start_as_current_span("outside"):
+        pass
+    print(json.dumps({"started": own.started, "ended": own.ended, "own_runs": own.runs,
+                      "plain_runs": [r.subtype for r in plain.ended]}))
+    """, tmp_path)
+    assert out["started"] == ["deploy:k8s", "inside", "outside"]
+    assert out["ended"] == ["inside", "deploy:k8s", "outside"]
+    assert out["own_runs"] == out["plain_runs"] == ["deploy:k8s"]
+
+
 def test_a_run_with_an_explicit_root_before_any_configure(tmp_path: Path) -> None:
     out = _run_python("""
     import json, os, otel_runs

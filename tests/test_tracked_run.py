@@ -137,16 +137,20 @@ def _finished_run_spans(collector):  # noqa: ANN001, ANN202
 
 @pytest.fixture
 def collector(collector):  # noqa: ANN001, ANN201
-    """The conftest collector, also keeping the raw run spans."""
+    """The conftest collector, also keeping the raw run spans (seen by a plain
+    SpanProcessor on the same provider)."""
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    from otel_runs.exporters import is_run_span
+
     collector.run_spans = []
-    original = collector.on_end
 
-    def on_end(span):  # noqa: ANN001, ANN202
-        if span.attributes and "run.type" in span.attributes:
-            collector.run_spans.append(span)
-        return original(span)
+    class RunSpans(SpanProcessor):
+        def on_end(self, span):  # noqa: ANN001, ANN202
+            if is_run_span(span):
+                collector.run_spans.append(span)
 
-    collector.on_end = on_end
+    otel_runs.configure(processors=[RunSpans()])
     return collector
 
 
@@ -268,3 +272,34 @@ def test_a_run_span_ended_directly_still_reaches_the_processors(collector) -> No
     ended = [r for r in collector.ended if r.run_id == run.run_id]
     assert len(ended) == 1
     assert (ended[0].status, ended[0].summary, ended[0].type) == ("cancelled", "by hand", "deploy")
+
+
+def test_a_runs_context_is_what_the_public_api_builds() -> None:
+    """The run's context is built as one dict; it must equal what OpenTelemetry's
+    own ``set_span_in_context`` + ``set_value`` + ``set_baggage`` make, other
+    baggage (from another service) kept."""
+    from opentelemetry import baggage
+    from opentelemetry import context as otel_context
+    from opentelemetry.trace import NonRecordingSpan, SpanContext
+
+    from otel_runs._context import LOCAL_RUN_KEY, parent_run_id, run_context
+
+    span = NonRecordingSpan(SpanContext(1, 2, is_remote=False))
+    parents = [otel_context.Context(),
+               baggage.set_baggage("tenant", "acme", otel_context.Context()),
+               otel_context.set_value("other", 1, baggage.set_baggage(
+                   "otel_runs.run_id", "20261127T101500123Z-3fa9c2d1e5", otel_context.Context()))]
+    for parent in parents:
+        expected = baggage.set_baggage("otel_runs.run_id", "20261127T101500123Z-0000000001",
+                                       otel_context.set_value(
+                                           LOCAL_RUN_KEY, "20261127T101500123Z-0000000001",
+                                           trace.set_span_in_context(span, parent)))
+        got = run_context("20261127T101500123Z-0000000001", span, parent)
+        assert got == expected
+        assert trace.get_current_span(got) is span
+        assert dict(baggage.get_all(got)) == dict(baggage.get_all(expected))
+        assert parent_run_id(got) == "20261127T101500123Z-0000000001"
+    assert parent_run_id(parents[0]) is None and parent_run_id(parents[1]) is None
+    assert parent_run_id(parents[2]) == "20261127T101500123Z-3fa9c2d1e5"  # from another service
+    bad = baggage.set_baggage("otel_runs.run_id", "../../etc", otel_context.Context())
+    assert parent_run_id(bad) is None

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import logging
 
-from opentelemetry.context import Context
+from opentelemetry.context import Context, get_current
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from .. import _attributes as A
-from .._context import STARTING_RUN_KEY, local_run_id
+from .._context import LOCAL_RUN_KEY, STARTING_RUN_KEY
 from .._model import Run, iso_from_ns, parse_metadata, span_events
 from .._ratelimit import RateLimitedLog
 
-__all__ = ["OpenRun", "RunProcessor", "child_run_id", "is_run_span", "open_run_of", "run_closed",
-           "run_opening", "run_project_root", "starting_run"]
+__all__ = ["OpenRun", "RunProcessor", "RunSpanDispatcher", "child_run_id", "dispatches_directly",
+           "is_run_span", "open_run_of", "run_closed", "run_opening", "run_project_root",
+           "starting_run"]
 
 logger = logging.getLogger("otel_runs.exporters")
 _errors = RateLimitedLog(logger)
@@ -52,9 +53,10 @@ class OpenRun:
     def bind(self, span: Span) -> None:
         """The run span started: note its ids."""
         ctx = span.get_span_context()
-        self.span_id = ctx.span_id
+        span_id = ctx.span_id
+        self.span_id = span_id
         self._trace_id, self._resource = ctx.trace_id, span.resource
-        _by_span_id[ctx.span_id] = self
+        _by_span_id[span_id] = self
         self._start = None  # (re)built with the ids on first use
 
     @property
@@ -65,7 +67,7 @@ class OpenRun:
             run_type, subtype, summary, start_ns, meta, parent = self._fields
             bound = self.span_id is not None
             run = Run(self.run_id, run_type, subtype, "running", summary, iso_from_ns(start_ns),
-                      None, None, parse_metadata(meta),
+                      None, None, {} if meta == "{}" else parse_metadata(meta),
                       format(self._trace_id, "032x") if bound else "",
                       format(self.span_id, "016x") if bound else "",
                       parent, _service_name(self._resource), [])
@@ -87,7 +89,7 @@ class OpenRun:
                 status, summary, meta, end_ns = final
                 s = self.start
                 run = Run(s.run_id, s.type, s.subtype, status, summary, s.started_at,
-                          iso_from_ns(end_ns), round((end_ns - (span.start_time or 0)) / 1e6, 3),
+                          iso_from_ns(end_ns), round((end_ns - self._fields[3]) / 1e6, 3),
                           s.metadata if meta is None else parse_metadata(meta),
                           s.trace_id, s.span_id, s.parent_run_id, s.service,
                           span_events(span))
@@ -105,7 +107,10 @@ _by_span_id: dict[int, OpenRun] = {}
 #: is never ended must not grow it forever.
 _child_spans: dict[int, str] = {}
 _MAX_CHILD_SPANS = 100_000
+#: What the dispatcher hands over on the span objects it passes on: the id of the
+#: run a child span was opened in, the open run of a run span.
 _CHILD_OF = "_otel_runs_child_of"
+_RUN_OF = "_otel_runs_run_of"
 
 
 def run_opening(entry: OpenRun) -> None:
@@ -132,8 +137,9 @@ def starting_run(span: Span, parent_context: Context | None) -> OpenRun | None:
 
 def open_run_of(span: ReadableSpan) -> OpenRun | None:
     """The open run ``span`` is the run span of (once it started); None for other spans."""
-    if not _by_span_id:
-        return None
+    entry = getattr(span, _RUN_OF, None)  # handed over by the dispatcher
+    if entry is not None or not _by_span_id:
+        return entry  # type: ignore[no-any-return]
     ctx = span.context
     return _by_span_id.get(ctx.span_id) if ctx is not None else None
 
@@ -151,7 +157,9 @@ def run_project_root(span: ReadableSpan) -> str | None:
     """The resolved project root of the run ``span`` belongs to (the run span itself or
     a span opened inside it) while that run is open in this process, else None.
     Processors that serve one project (the ledger's, the live feed's) filter with it."""
-    entry = open_run_of(span)
+    entry = getattr(span, _RUN_OF, None)  # a run span passed on by the dispatcher
+    if entry is None:
+        entry = open_run_of(span)
     if entry is None:
         run_id = child_run_id(span)
         if run_id is None:  # e.g. a processor added ahead of otel-runs' own
@@ -202,24 +210,40 @@ class RunProcessor(SpanProcessor):
         """A span opened inside run ``run_id`` ended (before the run itself)."""
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        # Only when added to a provider directly: otel-runs' own dispatcher calls
+        # the methods below with what it already looked up.
         entry = starting_run(span, parent_context)
-        if entry is not None and self._accepts(span):
+        if entry is not None:
+            self._run_started(entry, span)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        entry = open_run_of(span)
+        if entry is not None:
+            self._run_ended(entry, span)
+            return
+        run_id = child_run_id(span)
+        if run_id is not None:
+            self._child_ended(run_id, span)
+
+    def _run_started(self, entry: OpenRun, span: Span) -> None:
+        """The run span of ``entry`` started."""
+        if self._accepts(span):
             try:
                 self.on_run_start(entry.start)
             except Exception:
                 self._hook_failed("on_run_start")
 
-    def on_end(self, span: ReadableSpan) -> None:
-        entry = open_run_of(span)
-        if entry is not None:
-            if self._accepts(span):
-                try:
-                    self.on_run_end(entry.end_run(span))
-                except Exception:
-                    self._hook_failed("on_run_end")
-            return
-        run_id = child_run_id(span)
-        if run_id is not None and self._accepts(span):
+    def _run_ended(self, entry: OpenRun, span: ReadableSpan) -> None:
+        """The run span of ``entry`` ended."""
+        if self._accepts(span):
+            try:
+                self.on_run_end(entry.end_run(span))
+            except Exception:
+                self._hook_failed("on_run_end")
+
+    def _child_ended(self, run_id: str, span: ReadableSpan) -> None:
+        """A span opened inside run ``run_id`` ended."""
+        if self._accepts(span):
             try:
                 self.on_run_span_end(run_id, span)
             except Exception:
@@ -246,15 +270,59 @@ class RunProcessor(SpanProcessor):
         return True
 
 
-class RunContextSpanProcessor(SpanProcessor):
-    """Stamps every span opened inside a run with the run's id (``run.id``) and
-    notes it (see :func:`child_run_id`); binds each run span to its open run."""
+def _hand_over(span: ReadableSpan, name: str, value: object) -> bool:
+    """Note ``value`` on the span object the processors receive (False if it has no room)."""
+    try:
+        setattr(span, name, value)
+    except AttributeError:
+        return False
+    return True
+
+
+def dispatches_directly(proc: SpanProcessor) -> bool:
+    """Whether :class:`RunSpanDispatcher` can stand in for ``proc``'s ``on_start`` /
+    ``on_end``: a RunProcessor that does not override them."""
+    cls = type(proc)
+    return (isinstance(proc, RunProcessor) and cls.on_start is RunProcessor.on_start
+            and cls.on_end is RunProcessor.on_end)
+
+
+class RunSpanDispatcher(SpanProcessor):
+    """otel-runs' one processor on the provider. Stamps every span opened inside a
+    run with the run's id (``run.id``) and notes it (see :func:`child_run_id`);
+    binds each run span to its open run; hands runs and their spans to the
+    RunProcessors otel-runs was given. Every span of the application passes
+    through here once, instead of through each RunProcessor in turn."""
+
+    def __init__(self) -> None:
+        self._procs: tuple[RunProcessor, ...] = ()
+
+    @property
+    def processors(self) -> tuple[RunProcessor, ...]:
+        """The RunProcessors runs are handed to, in the order they were added."""
+        return self._procs
+
+    def add(self, proc: RunProcessor) -> None:
+        """Hand runs to ``proc`` too (see :func:`dispatches_directly`)."""
+        if proc not in self._procs:
+            self._procs = (*self._procs, proc)
+
+    def remove(self, proc: RunProcessor) -> None:
+        """Stop handing runs to ``proc``."""
+        self._procs = tuple(p for p in self._procs if p is not proc)
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        if parent_context is not None and STARTING_RUN_KEY in parent_context:
-            starting_run(span, parent_context)  # a run span: it carries its own id
+        ctx = parent_context if parent_context is not None else get_current()
+        entry = ctx.get(STARTING_RUN_KEY)
+        if entry is not None:  # a run span: it carries its own id
+            if entry.span_id is None:
+                entry.bind(span)
+            if self._procs:
+                _hand_over(span, _RUN_OF, entry)
+                for proc in self._procs:
+                    proc._run_started(entry, span)
             return
-        run_id = local_run_id(parent_context)
+        run_id = ctx.get(LOCAL_RUN_KEY)
         if run_id is None:  # the common case (spans outside runs): no attribute access
             return
         span.set_attribute(A.RUN_ID, run_id)
@@ -262,14 +330,31 @@ class RunContextSpanProcessor(SpanProcessor):
             _child_spans[span.get_span_context().span_id] = run_id
 
     def on_end(self, span: ReadableSpan) -> None:
-        if not _child_spans:
+        if not _by_span_id and not _child_spans:  # no run open: not a span of ours
             return
         ctx = span.context
         if ctx is None:
             return
-        run_id = _child_spans.pop(ctx.span_id, None)
-        if run_id is not None:
-            try:  # processors after this one read it from the span, those before it from the dict
-                setattr(span, _CHILD_OF, run_id)
-            except AttributeError:  # pragma: no cover - a span type with __slots__
-                _child_spans[ctx.span_id] = run_id
+        span_id = ctx.span_id
+        entry = _by_span_id.get(span_id)
+        if entry is not None:
+            if self._procs:
+                _hand_over(span, _RUN_OF, entry)
+                for proc in self._procs:
+                    proc._run_ended(entry, span)
+            return
+        run_id = _child_spans.pop(span_id, None)
+        if run_id is None:
+            return
+        # Processors after this one read it from the span, those before it from the dict.
+        if not _hand_over(span, _CHILD_OF, run_id):  # pragma: no cover - a span with __slots__
+            _child_spans[span_id] = run_id
+        for proc in self._procs:
+            proc._child_ended(run_id, span)
+
+    def shutdown(self) -> None:
+        """Nothing of its own: otel-runs shuts down the processors it was given."""
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Nothing of its own: otel-runs flushes the processors it was given."""
+        return True

@@ -16,7 +16,6 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
@@ -24,14 +23,7 @@ from .._attributes import RUN_ID, RUN_TYPE
 from .._model import Run, span_to_dict
 from .._ratelimit import RateLimitedLog
 from ..ledger import Ledger, LedgerError, ledger_for
-from ._run_processor import (
-    RunProcessor,
-    child_run_id,
-    is_run_span,
-    open_run_of,
-    run_project_root,
-    starting_run,
-)
+from ._run_processor import OpenRun, RunProcessor, child_run_id, is_run_span, run_project_root
 
 __all__ = ["LedgerRunProcessor", "LedgerSpanExporter", "ledger_processor_for"]
 
@@ -134,9 +126,8 @@ class LedgerRunProcessor(RunProcessor):
     # The hooks below take the spans directly (not ``Run.from_span`` on the
     # request path); like RunProcessor's, they never let an error through.
 
-    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        entry = starting_run(span, parent_context)
-        if entry is None or entry.root != self.project_root:
+    def _run_started(self, entry: OpenRun, span: Span) -> None:
+        if entry.root != self.project_root:
             return
         try:
             self._open.add(entry.run_id)
@@ -145,20 +136,23 @@ class LedgerRunProcessor(RunProcessor):
             _errors.exception("on_start", "otel-runs: could not journal the start of run %s",
                               entry.run_id)
 
-    def on_end(self, span: ReadableSpan) -> None:
-        entry = open_run_of(span)
-        run_id = entry.run_id if entry is not None else child_run_id(span)
-        if run_id is None:
+    def _run_ended(self, entry: OpenRun, span: ReadableSpan) -> None:
+        if entry.root != self.project_root:
             return
         try:
-            if entry is not None:
-                if entry.root == self.project_root:
-                    self._open.discard(run_id)
-                    self.exporter.record_run_span(span)
-            elif run_id in self._open:
-                self.exporter.add_child_span(run_id, span)
+            self._open.discard(entry.run_id)
+            self.exporter.record_run_span(span)
         except Exception:
             _errors.exception("on_end", "otel-runs: could not record run %s in the ledger",
+                              entry.run_id)
+
+    def _child_ended(self, run_id: str, span: ReadableSpan) -> None:
+        if run_id not in self._open:
+            return
+        try:
+            self.exporter.add_child_span(run_id, span)
+        except Exception:
+            _errors.exception("on_end", "otel-runs: could not record a span of run %s",
                               run_id)
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
