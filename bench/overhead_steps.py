@@ -29,21 +29,19 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, current_app
-from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from opentelemetry.trace import SpanKind
 
 import otel_runs
-from otel_runs._context import STARTING_RUN_KEY
+from otel_runs._context import STARTING_RUN_KEY, run_context
 from otel_runs._decorator import _json_object, _with_run_id
 from otel_runs._ids import now_run_id
 from otel_runs.exporters._run_processor import OpenRun, run_closed, run_opening
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import overhead  # noqa: E402  (the cases a and b, and the no-op processor)
-
-_RUN_KEY = otel_context.create_key("bench.run_id")
 
 
 def _by_hand(tracer: trace.Tracer, root: str, *, run_id: bool, json_body: bool,
@@ -55,12 +53,11 @@ def _by_hand(tracer: trace.Tracer, root: str, *, run_id: bool, json_body: bool,
         if runs:
             entry = OpenRun(root, rid, "deploy", "deploy:k8s", "", ns, "{}", None)
             run_opening(entry)
-            start_ctx = otel_context.set_value(STARTING_RUN_KEY, entry, ctx)
+            start_ctx = otel_context.Context({**ctx, STARTING_RUN_KEY: entry})
         span = tracer.start_span("deploy:k8s", context=start_ctx, kind=SpanKind.INTERNAL,
                                  start_time=ns, attributes={"run.id": rid, "run.type": "deploy",
                                                             "run.subtype": "deploy:k8s"})
-        run_ctx = baggage.set_baggage("otel_runs.run_id", rid, otel_context.set_value(
-            _RUN_KEY, rid, trace.set_span_in_context(span, ctx)))
+        run_ctx = run_context(rid, span, ctx)
         token = otel_context.attach(run_ctx)
         try:
             response = current_app.make_response(overhead._view())
