@@ -204,3 +204,23 @@ def test_to_dict_is_asdict_in_field_order_and_a_deep_copy() -> None:
     data["metadata"]["a"]["b"].append(3)
     data["events"][0]["attributes"]["k"].append(2)
     assert run.metadata == {"a": {"b": [1, {"c": 2}]}} and run.events[0]["attributes"] == {"k": [1]}
+
+
+def test_iso_times_and_run_id_stamps_match_the_standard_library() -> None:
+    """Both cache the last second formatted; a time in another second (earlier or
+    later) must never get the cached text."""
+    import random
+
+    from otel_runs._ids import now_run_id
+    from otel_runs._model import iso_from_ns
+
+    rng = random.Random(7)
+    base = 1_795_785_043 * 10**9
+    times = [base + d for d in (0, 999_999_999, 1_000_000_000, -1, 5, 86_400 * 10**9)]
+    times += [rng.randrange(0, 4_102_444_800 * 10**9) for _ in range(2_000)]
+    for ns in times:
+        dt = datetime.fromtimestamp(ns // 10**9, timezone.utc)
+        assert iso_from_ns(ns) == f"{dt:%Y-%m-%dT%H:%M:%S}.{ns // 1000 % 10**6:06d}Z"
+    run_id, ns = now_run_id()
+    at = datetime.fromtimestamp(ns // 10**9, timezone.utc)
+    assert run_id_time(run_id) == at.replace(microsecond=ns // 10**6 % 1000 * 1000)
