@@ -143,6 +143,26 @@ def test_a_run_processor_with_its_own_span_hooks_gets_every_span(tmp_path: Path)
     assert out["own_runs"] == out["plain_runs"] == ["deploy:k8s"]
 
 
+def test_the_providers_flush_and_shutdown_reach_the_run_processors(tmp_path: Path) -> None:
+    """RunProcessors given to configure() sit behind otel-runs' one processor; the
+    provider's force_flush()/shutdown() (e.g. at exit) still reach them."""
+    out = _run_python(COLLECT + """
+    class Flushing(RunProcessor):
+        def __init__(self): self.calls = []
+        def force_flush(self, timeout_millis=30000):
+            self.calls.append("flush")
+            return True
+        def shutdown(self): self.calls.append("shutdown")
+
+    proc = Flushing()
+    provider = otel_runs.configure(processors=[proc])
+    flushed = provider.force_flush()
+    provider.shutdown()
+    print(json.dumps({"calls": proc.calls, "flushed": flushed}))
+    """, tmp_path)
+    assert out == {"calls": ["flush", "shutdown"], "flushed": True}
+
+
 def test_a_run_with_an_explicit_root_before_any_configure(tmp_path: Path) -> None:
     out = _run_python("""
     import json, os, otel_runs

@@ -352,9 +352,22 @@ class RunSpanDispatcher(SpanProcessor):
         for proc in self._procs:
             proc._child_ended(run_id, span)
 
+    # The provider's shutdown/force_flush reach the processors behind this one, as
+    # they would if each were on the provider itself.
+
     def shutdown(self) -> None:
-        """Nothing of its own: otel-runs shuts down the processors it was given."""
+        for proc in self._procs:
+            try:
+                proc.shutdown()
+            except Exception:
+                logger.exception("otel-runs: shutting down %r failed", proc)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        """Nothing of its own: otel-runs flushes the processors it was given."""
-        return True
+        ok = True
+        for proc in self._procs:
+            try:
+                ok = proc.force_flush(timeout_millis) and ok
+            except Exception:
+                logger.exception("otel-runs: flushing %r failed", proc)
+                ok = False
+        return ok
