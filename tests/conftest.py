@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -179,3 +180,39 @@ def live_server() -> Iterator[Callable[..., LiveServer]]:
     yield start
     for srv in servers:
         srv.stop()
+
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A private redis-server on 127.0.0.1 and a free port, no persistence."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server binary not found (apt-get install redis-server; .ci/run does)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path), "--protected-mode", "yes"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        redis = pytest.importorskip("redis", reason="the 'redis' extra is not installed")
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+
+        def ready() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+
+        wait_until(ready, timeout=20, interval=0.05)
+        client.close()
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
