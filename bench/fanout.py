@@ -1,11 +1,13 @@
 """Live-feed fan-out: 100 SSE clients, 1,000 runs, against a real server process.
 
-    python bench/fanout.py [--clients 100] [--runs 1000] [--rounds 5] [--posters 4] [--seconds 120]
-                           [--no-ledger] [--linger S]
+    python bench/fanout.py [--clients 100] [--runs 1000] [--rounds 10] [--posters 4] [--seconds 120]
+                           [--no-ledger] [--linger S] [--server werkzeug|gunicorn]
 
-A threaded werkzeug server (``make_server(threaded=True)``, one thread per
-connection: it can hold 100 streams) runs in a child process with
-``RunTracking`` and the git ledger on a fresh temp repository. The clients run in
+A threaded werkzeug server (``make_server(threaded=True)``, one new thread per
+connection: it can hold 100 streams) or, with ``--server gunicorn``, gunicorn with
+one ``gthread`` worker (a pool of threads: the server the README recommends for
+production) runs in a child process with ``RunTracking`` and the git ledger on a
+fresh temp repository. The clients run in
 another child process (all streams in one selector loop, raw sockets, reconnecting
 with ``Last-Event-ID`` like a browser if the server drops them). Phases, side by side:
 
@@ -48,19 +50,19 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 SERVER = textwrap.dedent('''
-    import logging, sys
+    import logging, os, sys
     from flask import Flask
-    from werkzeug.serving import make_server
     import otel_runs
     from otel_runs import api
     from otel_runs.flask import RunTracking
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port, root, ledger = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
+    root = os.environ["OTEL_RUNS_PROJECT_ROOT"]
+    ledger = os.environ["BENCH_LEDGER"] == "1"
     app = Flask("bench")
     app.config["PROJECT_ROOT"] = root
-    if sys.argv[4] != "default":
-        app.config["OTEL_RUNS_SSE_LINGER"] = float(sys.argv[4])
+    if os.environ.get("BENCH_LINGER"):
+        app.config["OTEL_RUNS_SSE_LINGER"] = float(os.environ["BENCH_LINGER"])
 
     @app.post("/run")
     @otel_runs.run_tracked("deploy", "deploy:k8s")
@@ -69,8 +71,16 @@ SERVER = textwrap.dedent('''
 
     RunTracking(app, ledger=ledger)
     api.register(app, app.extensions["otel_runs"])
-    make_server("127.0.0.1", port, app, threaded=True).serve_forever()
+
+    if __name__ == "__main__":
+        from werkzeug.serving import make_server
+
+        make_server("127.0.0.1", int(sys.argv[1]), app, threaded=True).serve_forever()
 ''')
+
+#: gunicorn, one ``gthread`` worker: a thread pool (streams each hold a thread) instead
+#: of werkzeug's new thread per connection.
+GUNICORN_THREADS = 160
 
 
 def free_port() -> int:
@@ -82,7 +92,8 @@ def free_port() -> int:
 class Server:
     """The bench app in a child process on 127.0.0.1."""
 
-    def __init__(self, workdir: Path, ledger: bool = True, linger: float | None = None) -> None:
+    def __init__(self, workdir: Path, ledger: bool = True, linger: float | None = None,
+                 kind: str = "werkzeug") -> None:
         self.root = workdir / "project"
         self.root.mkdir()
         env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@example.com",
@@ -91,13 +102,19 @@ class Server:
         (self.root / "README").write_text("bench\n")
         subprocess.run(["git", "add", "README"], cwd=self.root, check=True, env=env)
         subprocess.run(["git", "commit", "-q", "-m", "init"], cwd=self.root, check=True, env=env)
-        script = workdir / "server.py"
+        script = workdir / "bench_server.py"
         script.write_text(SERVER)
         self.port = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, str(script), str(self.port), str(self.root), "1" if ledger else "0",
-             "default" if linger is None else str(linger)],
-            env={**env, "PYTHONPATH": str(ROOT), "OTEL_RUNS_PROJECT_ROOT": str(self.root)})
+        env.update({"PYTHONPATH": str(ROOT), "OTEL_RUNS_PROJECT_ROOT": str(self.root),
+                    "BENCH_LEDGER": "1" if ledger else "0",
+                    "BENCH_LINGER": "" if linger is None else str(linger)})
+        if kind == "gunicorn":
+            cmd = [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--workers", "1",
+                   "--threads", str(GUNICORN_THREADS), "--bind", f"127.0.0.1:{self.port}",
+                   "--chdir", str(workdir), "--log-level", "warning", "bench_server:app"]
+        else:
+            cmd = [sys.executable, str(script), str(self.port)]
+        self.proc = subprocess.Popen(cmd, env=env)
         deadline = time.monotonic() + 30
         while True:
             if self.proc.poll() is not None:
@@ -109,15 +126,22 @@ class Server:
                 if time.monotonic() > deadline:
                     raise SystemExit("server did not start") from None
                 time.sleep(0.05)
+        self.pid = self.proc.pid  # the process that serves: gunicorn's one worker
+        if kind == "gunicorn":
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+            pids = children.read_text().split() if children.exists() else []
+            if len(pids) != 1:
+                raise SystemExit(f"expected one gunicorn worker, found {pids}")
+            self.pid = int(pids[0])
 
     def rss_kb(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
         raise RuntimeError("no VmRSS")
 
     def cpu_seconds(self) -> float:
-        return _cpu_seconds(self.proc.pid)
+        return _cpu_seconds(self.pid)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -331,11 +355,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--runs", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=5,
+    parser.add_argument("--rounds", type=int, default=10,
                         help="none/fan alternations (the ratio is the median over rounds)")
     parser.add_argument("--posters", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--no-ledger", action="store_true", help="configure(ledger=False)")
+    parser.add_argument("--server", choices=("werkzeug", "gunicorn"), default="werkzeug",
+                        help="werkzeug threaded (a thread per connection) or gunicorn with one "
+                             f"gthread worker ({GUNICORN_THREADS} threads)")
     parser.add_argument("--linger", type=float, default=None,
                         help="OTEL_RUNS_SSE_LINGER for the server (default: the shipped default)")
     args = parser.parse_args()
@@ -351,7 +378,8 @@ def main() -> None:
     latencies: list[float] = []
     reconnects = 0
     with tempfile.TemporaryDirectory(prefix="otel-runs-fanout-", ignore_cleanup_errors=True) as tmp:
-        server = Server(Path(tmp), ledger=not args.no_ledger, linger=args.linger)
+        server = Server(Path(tmp), ledger=not args.no_ledger, linger=args.linger,
+                        kind=args.server)
         try:
             post_runs(server.port, 100, args.posters, deadline)  # warm-up
             for _ in range(args.rounds):
@@ -360,7 +388,7 @@ def main() -> None:
                 cpu_none.append(server.cpu_seconds() - cpu0)
                 cpu0 = server.cpu_seconds()
                 rate, ccpu, scpu, run_ids, results = fan_phase(
-                    server.proc.pid, server.port, args.clients, args.runs, args.posters,
+                    server.pid, server.port, args.clients, args.runs, args.posters,
                     args.seconds, deadline)
                 if scpu is not None:
                     stream_cpu.append(scpu)
@@ -380,7 +408,9 @@ def main() -> None:
 
     # Each fan phase against the mean of the no-stream phases just before and after it.
     ratios = [fan / ((nones[i] + nones[i + 1]) / 2) for i, fan in enumerate(fans)]
-    print(f"server: werkzeug threaded, ledger={'off' if args.no_ledger else 'on'}; "
+    server_name = ("werkzeug threaded" if args.server == "werkzeug"
+                   else f"gunicorn gthread (1 worker, {GUNICORN_THREADS} threads)")
+    print(f"server: {server_name}, ledger={'off' if args.no_ledger else 'on'}; "
           f"{args.clients} clients, {args.runs} runs per phase, {args.rounds} rounds, "
           f"{args.posters} posting threads")
     print(f"clients receiving every event exactly once, per round: "

@@ -1,6 +1,6 @@
 """Request-path overhead of a tracked route, measured side by side in one process.
 
-    python bench/overhead.py [--rounds 60] [--requests 100]
+    python bench/overhead.py [--rounds 60] [--requests 100] [--by-request]
 
 Cases, interleaved round by round (shuffled order) through the Flask test client (POST view returning
 ``jsonify({...})``):
@@ -96,21 +96,38 @@ def per_request_us(app: Flask, n: int) -> float:
     return (time.perf_counter() - start) / n * 1e6
 
 
-def interleaved(apps: dict[str, Flask], rounds: int,
-                requests: int) -> tuple[dict[str, float], dict[str, float]]:
+def interleaved(apps: dict[str, Flask], rounds: int, requests: int,
+                by_request: bool = False) -> tuple[dict[str, float], dict[str, float]]:
     """Warm up, then time every app ``rounds`` times in a shuffled order each round.
     Returns each app's median us/request and its ratio to app ``"a"``: the median of
     per-round ratios (the apps of one round run within a second, so load changes on
-    a shared machine mostly cancel out)."""
+    a shared machine mostly cancel out). ``by_request``: within a round, take turns
+    request by request (each request timed alone, a round's figure is the median)
+    instead of ``requests`` in a row per app: steadier on a noisy machine, and no
+    app runs with caches warmed by a long run of its own requests."""
     for app in apps.values():
         per_request_us(app, 50)
     samples: dict[str, list[float]] = {name: [] for name in apps}
     order = list(apps)
     shuffle = random.Random(0).shuffle
+    clients = {name: app.test_client() for name, app in apps.items()}
+    clock = time.perf_counter
     for _ in range(rounds):
         shuffle(order)  # no case always runs first or right after another one
-        for name in order:
-            samples[name].append(per_request_us(apps[name], requests))
+        if not by_request:
+            for name in order:
+                samples[name].append(per_request_us(apps[name], requests))
+            continue
+        times: dict[str, list[float]] = {name: [] for name in apps}
+        for _ in range(requests):
+            shuffle(order)
+            for name in order:
+                start = clock()
+                resp = clients[name].post("/k8s/apply")
+                times[name].append((clock() - start) * 1e6)
+                assert resp.status_code == 200
+        for name in apps:
+            samples[name].append(statistics.median(times[name]))
     med = {name: statistics.median(values) for name, values in samples.items()}
     ratio = {name: statistics.median(x / a for x, a in zip(values, samples["a"], strict=True))
              for name, values in samples.items()}
@@ -121,6 +138,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--by-request", action="store_true",
+                        help="take turns request by request within a round (see interleaved())")
     args = parser.parse_args()
     logging.basicConfig(level=logging.CRITICAL)
 
@@ -143,7 +162,7 @@ def main() -> None:
     cases["s"] = nested_span
     apps = {name: make() for name, make in cases.items()}
 
-    med, ratio = interleaved(apps, args.rounds, args.requests)
+    med, ratio = interleaved(apps, args.rounds, args.requests, args.by_request)
     otel_runs.flush()
     labels = {"a": "FlaskInstrumentor only", "b": "+ @run_tracked, no-op RunProcessor",
               "c": "+ git ledger (journal on request path)",

@@ -1,6 +1,6 @@
 """Where case b of ``bench/overhead.py`` spends its time: the same request built up step by step.
 
-    python bench/overhead_steps.py [--rounds 40] [--requests 100]
+    python bench/overhead_steps.py [--rounds 40] [--requests 100] [--by-request]
 
 A diagnostic, not a goal: it reaches into otel-runs' internals (run ids, the open-run
 entry, the JSON helpers), so it may need updating when they change. All apps run in one
@@ -86,6 +86,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--by-request", action="store_true",
+                        help="take turns request by request within a round (steadier)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.CRITICAL)
 
@@ -111,7 +113,7 @@ def main() -> None:
         "+id+json": by_hand("json", run_id=True, json_body=True, runs=False),
         "+id+json+run": by_hand("run", run_id=True, json_body=True, runs=True),
     }
-    med, ratio = overhead.interleaved(apps, args.rounds, args.requests)
+    med, ratio = overhead.interleaved(apps, args.rounds, args.requests, args.by_request)
     for name in apps:
         print(f"{name:<14} median {med[name]:8.1f} us/request   ratio to a {ratio[name]:.3f}")
     otel_runs.shutdown()

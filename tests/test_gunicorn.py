@@ -51,11 +51,12 @@ class Gunicorn:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / "gunicorn.log"
+        self._log_file = self.log.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--threads", "8",
              "--workers", str(workers), "--bind", f"127.0.0.1:{self.port}",
              "--chdir", str(workdir), "--graceful-timeout", "2", "gunicorn_app:app"],
-            env={**os.environ, **env}, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+            env={**os.environ, **env}, stdout=self._log_file, stderr=subprocess.STDOUT)
         try:
             wait_until(lambda: self.proc.poll() is not None or port_open(self.port), timeout=30)
         except Exception:
@@ -71,6 +72,7 @@ class Gunicorn:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        self._log_file.close()
 
 
 @pytest.fixture

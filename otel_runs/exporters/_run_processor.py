@@ -136,7 +136,8 @@ def starting_run(span: Span, parent_context: Context | None) -> OpenRun | None:
 
 
 def open_run_of(span: ReadableSpan) -> OpenRun | None:
-    """The open run ``span`` is the run span of (once it started); None for other spans."""
+    """The open run ``span`` is the run span of (once it started; for the span objects
+    the dispatcher handed to processors, also after it ended); None for other spans."""
     entry = getattr(span, _RUN_OF, None)  # handed over by the dispatcher
     if entry is not None or not _by_span_id:
         return entry  # type: ignore[no-any-return]
@@ -155,7 +156,8 @@ def child_run_id(span: ReadableSpan) -> str | None:
 
 def run_project_root(span: ReadableSpan) -> str | None:
     """The resolved project root of the run ``span`` belongs to (the run span itself or
-    a span opened inside it) while that run is open in this process, else None.
+    a span opened inside it) while that run is open in this process, else None (a run
+    span object otel-runs handed to processors keeps it after the run ended).
     Processors that serve one project (the ledger's, the live feed's) filter with it."""
     entry = getattr(span, _RUN_OF, None)  # a run span passed on by the dispatcher
     if entry is None:
