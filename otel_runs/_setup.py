@@ -18,7 +18,13 @@ from opentelemetry.sdk.trace.sampling import Sampler
 
 from . import _settings
 from ._sampling import RunAwareSampler
-from .exporters._run_processor import RunProcessor, RunSpanDispatcher, dispatches_directly
+from .exporters._run_processor import (
+    RunProcessor,
+    RunSpanDispatcher,
+    dispatches_directly,
+    flush_all,
+    shutdown_all,
+)
 
 __all__ = ["configure", "flush", "shutdown"]
 
@@ -258,15 +264,11 @@ def ledger_processor(project_root: str | os.PathLike[str]) -> SpanProcessor | No
 
 def flush(timeout_millis: int = 30_000) -> bool:
     """Push everything pending to every run processor and exporter. Idempotent."""
-    procs = [p for p in _state.ledger_processors.values() if p is not None] + _state.processors
-    ok = True
-    for proc in procs:
-        try:
-            ok = proc.force_flush(timeout_millis) and ok
-        except Exception:
-            logger.exception("otel-runs: flushing %r failed", proc)
-            ok = False
-    return ok
+    return flush_all(_our_processors(), timeout_millis)
+
+
+def _our_processors() -> list[SpanProcessor]:
+    return [p for p in _state.ledger_processors.values() if p is not None] + _state.processors
 
 
 def shutdown() -> None:
@@ -276,11 +278,7 @@ def shutdown() -> None:
         if _state.shut_down:
             return
         flush()
-        for proc in [p for p in _state.ledger_processors.values() if p is not None] + _state.processors:
-            try:
-                proc.shutdown()
-            except Exception:
-                logger.exception("otel-runs: shutting down %r failed", proc)
+        shutdown_all(_our_processors())
         _reset_locked()
         _state.shut_down = True
 
@@ -290,8 +288,7 @@ def _reset_locked() -> None:
     if provider is not None:
         # Processors stay registered with the provider; a shut-down processor ignores spans.
         # Detach ours so a later configure() starts clean.
-        ours = {id(p) for p in _state.processors} | {
-            id(p) for p in _state.ledger_processors.values() if p is not None}
+        ours = {id(p) for p in _our_processors()}
         if _state.dispatcher is not None:
             for proc in _state.dispatcher.processors:
                 if id(proc) in ours:

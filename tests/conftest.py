@@ -130,6 +130,18 @@ def port_open(port: int) -> bool:
         return False
 
 
+def stop_child(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """Stop a child process the test started: SIGTERM, then SIGKILL after ``timeout``."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
     """Poll ``predicate`` until truthy (bounded); return its value or raise."""
     deadline = time.monotonic() + timeout
@@ -210,9 +222,4 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
         client.close()
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_child(proc)

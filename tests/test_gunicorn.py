@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import free_port, git, port_open, wait_until
+from conftest import free_port, git, port_open, stop_child, wait_until
 
 from otel_runs.hub import parse_event_id
 
@@ -65,13 +64,7 @@ class Gunicorn:
         assert self.proc.poll() is None, self.log.read_text()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_child(self.proc, 15)  # SIGTERM: gunicorn's graceful stop
         self._log_file.close()
 
 

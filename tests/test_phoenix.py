@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import CollectingProcessor, free_port
+from conftest import CollectingProcessor, free_port, stop_child
 from opentelemetry import trace
 
 import otel_runs
@@ -83,12 +83,7 @@ class Phoenix:
         return list(resp.json()["data"])
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(30)
+        stop_child(self.proc, 30)
         self.log.close()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from opentelemetry.context import Context, get_current
 from opentelemetry.sdk.resources import Resource
@@ -14,8 +15,8 @@ from .._model import Run, iso_from_ns, parse_metadata, span_events
 from .._ratelimit import RateLimitedLog
 
 __all__ = ["OpenRun", "RunProcessor", "RunSpanDispatcher", "child_run_id", "dispatches_directly",
-           "is_run_span", "open_run_of", "run_closed", "run_opening", "run_project_root",
-           "starting_run"]
+           "flush_all", "is_run_span", "open_run_of", "run_closed", "run_opening",
+           "run_project_root", "shutdown_all", "starting_run"]
 
 logger = logging.getLogger("otel_runs.exporters")
 _errors = RateLimitedLog(logger)
@@ -358,18 +359,28 @@ class RunSpanDispatcher(SpanProcessor):
     # they would if each were on the provider itself.
 
     def shutdown(self) -> None:
-        for proc in self._procs:
-            try:
-                proc.shutdown()
-            except Exception:
-                logger.exception("otel-runs: shutting down %r failed", proc)
+        shutdown_all(self._procs)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        ok = True
-        for proc in self._procs:
-            try:
-                ok = proc.force_flush(timeout_millis) and ok
-            except Exception:
-                logger.exception("otel-runs: flushing %r failed", proc)
-                ok = False
-        return ok
+        return flush_all(self._procs, timeout_millis)
+
+
+def flush_all(procs: Iterable[SpanProcessor], timeout_millis: int) -> bool:
+    """``force_flush`` each processor; one that fails is logged and makes it False."""
+    ok = True
+    for proc in procs:
+        try:
+            ok = proc.force_flush(timeout_millis) and ok
+        except Exception:
+            logger.exception("otel-runs: flushing %r failed", proc)
+            ok = False
+    return ok
+
+
+def shutdown_all(procs: Iterable[SpanProcessor]) -> None:
+    """``shutdown`` each processor; one that fails is logged, the others still run."""
+    for proc in procs:
+        try:
+            proc.shutdown()
+        except Exception:
+            logger.exception("otel-runs: shutting down %r failed", proc)
