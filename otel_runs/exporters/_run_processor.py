@@ -103,7 +103,7 @@ class OpenRun:
 _by_run_id: dict[str, OpenRun] = {}
 _by_span_id: dict[int, OpenRun] = {}
 #: Spans open inside a run (span id -> run id), noted at their start by
-#: ``RunContextSpanProcessor``, which hands the entry over to the ended span (the
+#: ``RunSpanDispatcher``, which hands the entry over to the ended span (the
 #: object every processor's ``on_end`` receives) and drops it. Capped: a span that
 #: is never ended must not grow it forever.
 _child_spans: dict[int, str] = {}
