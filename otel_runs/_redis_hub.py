@@ -47,6 +47,9 @@ _warn = RateLimitedLog(logger)
 DEFAULT_STREAM_KEY = "otel-runs:events"
 _PUBLISH_QUEUE = 10_000
 _SOCKET_TIMEOUT = 2.0
+#: A follower with no reader for this long stops (the next reader starts another):
+#: a worker with no page open does not read every event from Redis.
+_FOLLOWER_IDLE = 30.0
 
 
 class RedisHub:
@@ -214,7 +217,8 @@ class RedisHub:
 
 class _Follower:
     """The process's one ``XREAD BLOCK`` loop: every event after ``floor`` is in
-    ``events`` (the newest ``buffer_size``), decoded once for all readers."""
+    ``events`` (the newest ``buffer_size``), decoded once for all readers. It stops
+    after ``_FOLLOWER_IDLE`` seconds without readers."""
 
     def __init__(self, hub: RedisHub, start: tuple[int, int]) -> None:
         self.hub = hub
@@ -233,8 +237,17 @@ class _Follower:
         conn = redis.Redis.from_url(self.hub.url, socket_connect_timeout=_SOCKET_TIMEOUT,
                                     socket_timeout=_SOCKET_TIMEOUT + 1.0)
         cursor = f"{self.floor[0]}-{self.floor[1]}"
+        idle_since: float | None = None
         try:
             while not self.hub._closed.is_set():
+                with self.hub._lock:  # as subscribe(), which starts a follower if this one stops
+                    if self.hub._subscribers:
+                        idle_since = None
+                    elif idle_since is None:
+                        idle_since = time.monotonic()
+                    elif time.monotonic() - idle_since >= _FOLLOWER_IDLE:
+                        self.alive = False
+                        return
                 try:
                     reply = conn.xread({self.hub.stream: cursor}, count=1000, block=1000)
                 except Exception as exc:  # Redis away: retry; readers wait (bounded) meanwhile

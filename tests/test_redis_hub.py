@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -212,3 +213,25 @@ def test_stream_on_one_worker_sees_runs_of_another(
     ids = [line[4:] for line in lines if line.startswith("id: ")]
     assert [parse_event_id(i) for i in ids] == sorted(parse_event_id(i) for i in ids)
     resp.close()
+
+
+def test_the_follower_stops_without_readers_and_a_new_reader_starts_another(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker with no page open stops reading every event from Redis."""
+    from otel_runs import _redis_hub
+
+    monkeypatch.setattr(_redis_hub, "_FOLLOWER_IDLE", 0.3)
+    hub = RedisHub(redis_url)
+    sub = hub.subscribe()
+    first = hub._follower
+    assert first is not None
+    time.sleep(1.5)  # longer than the idle time, with a reader: it keeps following
+    assert first.alive
+    sub.close()
+    wait_until(lambda: not first.alive and not first._thread.is_alive(), timeout=10)
+    sub = hub.subscribe()
+    assert hub._follower is not first and hub._follower is not None and hub._follower.alive
+    ids = [hub.publish("tick", i) for i in range(3)]
+    assert [e.id for e in _drain(sub, 3)] == ids
+    sub.close()
+    hub.close()
