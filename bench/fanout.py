@@ -83,6 +83,13 @@ SERVER = textwrap.dedent('''
 GUNICORN_THREADS = 160
 
 
+def _no_control_socket() -> list[str]:
+    """gunicorn >= 27 opens a control socket under ~/.gunicorn by default: not for a bench."""
+    import gunicorn
+
+    return ["--no-control-socket"] if gunicorn.version_info >= (27,) else []
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -111,7 +118,8 @@ class Server:
         if kind == "gunicorn":
             cmd = [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--workers", "1",
                    "--threads", str(GUNICORN_THREADS), "--bind", f"127.0.0.1:{self.port}",
-                   "--chdir", str(workdir), "--log-level", "warning", "bench_server:app"]
+                   "--chdir", str(workdir), "--log-level", "warning", *_no_control_socket(),
+                   "bench_server:app"]
         else:
             cmd = [sys.executable, str(script), str(self.port)]
         self.proc = subprocess.Popen(cmd, env=env)

@@ -16,7 +16,10 @@ from conftest import free_port, git, port_open, stop_child, wait_until
 
 from otel_runs.hub import parse_event_id
 
-pytest.importorskip("gunicorn", reason="gunicorn is a test dependency (pip install -e '.[test]')")
+gunicorn_module = pytest.importorskip(
+    "gunicorn", reason="gunicorn is a test dependency (pip install -e '.[test]')")
+#: gunicorn >= 27 opens a control socket under ~/.gunicorn by default: not for tests.
+_NO_CONTROL_SOCKET = ["--no-control-socket"] if gunicorn_module.version_info >= (27,) else []
 
 APP = textwrap.dedent('''
     import os
@@ -54,7 +57,8 @@ class Gunicorn:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--threads", "8",
              "--workers", str(workers), "--bind", f"127.0.0.1:{self.port}",
-             "--chdir", str(workdir), "--graceful-timeout", "2", "gunicorn_app:app"],
+             "--chdir", str(workdir), "--graceful-timeout", "2", *_NO_CONTROL_SOCKET,
+             "gunicorn_app:app"],
             env={**os.environ, **env}, stdout=self._log_file, stderr=subprocess.STDOUT)
         try:
             wait_until(lambda: self.proc.poll() is not None or port_open(self.port), timeout=30)
@@ -149,7 +153,7 @@ def test_live_feed_and_api_under_gunicorn_gthread(tmp_path: Path, gunicorn) -> N
 
 
 def test_two_gunicorn_workers_share_one_feed_through_redis(
-        tmp_path: Path, gunicorn, redis_url: str) -> None:  # noqa: ANN001
+        tmp_path: Path, redis_url: str, gunicorn) -> None:  # noqa: ANN001  (redis stops last)
     """Two gthread worker processes: a stream held by one of them sees the runs of
     both, in one increasing id sequence."""
     root = tmp_path / "project"
