@@ -134,14 +134,21 @@ def interleaved(apps: dict[str, Flask], rounds: int, requests: int,
     return med, ratio
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=60)
+def timing_arguments(description: str, rounds: int) -> argparse.Namespace:
+    """The command line of a timing bench: ``--rounds``, ``--requests``, ``--by-request``
+    (the arguments of :func:`interleaved`); also quiets logging."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--by-request", action="store_true",
                         help="take turns request by request within a round (see interleaved())")
     args = parser.parse_args()
     logging.basicConfig(level=logging.CRITICAL)
+    return args
+
+
+def main() -> None:
+    args = timing_arguments(__doc__.splitlines()[0], rounds=60)
 
     tmp = Path(tempfile.mkdtemp(prefix="otel-runs-overhead-"))
     no_ledger_root = tmp / "not-a-repo"  # no git repository here: case b has no ledger

@@ -19,8 +19,6 @@ b minus the last one is the decorator's and ``RunScope``'s own bookkeeping.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 import tempfile
 import time
@@ -83,13 +81,7 @@ def _by_hand(tracer: trace.Tracer, root: str, *, run_id: bool, json_body: bool,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=40)
-    parser.add_argument("--requests", type=int, default=100)
-    parser.add_argument("--by-request", action="store_true",
-                        help="take turns request by request within a round (steadier)")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.CRITICAL)
+    args = overhead.timing_arguments(__doc__.splitlines()[0], rounds=40)
 
     root = Path(tempfile.mkdtemp(prefix="otel-runs-steps-")) / "not-a-repo"
     root.mkdir()

@@ -10,10 +10,9 @@ from typing import Any, TypeVar
 
 from flask import Flask, after_this_request
 from flask.globals import _cv_app, _cv_request
-from opentelemetry.context import attach, detach
 
 from ._taxonomy import validate_run_type
-from ._tracking import RunScope, _current
+from ._tracking import RunScope
 
 __all__ = ["run_tracked", "RUN_ID_HEADER", "tracked_by"]
 
@@ -93,11 +92,8 @@ def run_tracked(
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             app = _dispatching_app(wrapper)
             if app is not None:
-                scope = RunScope(app.config.get("PROJECT_ROOT"), run_type, subtype, summary,
-                                 validated=True)
-                # scope.activate()/deactivate() inline: this is the hot path.
-                token = attach(scope.context)
-                run_token = _current.set(scope.handle)
+                scope = rules.start_view_run(app)
+                tokens = scope.activate()  # no context manager: this is the hot path
                 try:
                     response = app.make_response(fn(*args, **kwargs))
                 except BaseException as exc:
@@ -105,8 +101,7 @@ def run_tracked(
                     scope.finish(exc)
                     raise
                 finally:
-                    _current.reset(run_token)
-                    detach(token)
+                    scope.deactivate(tokens)
                 return rules.finish_view_run(app, scope, response)
             scope = rules.start_run()
             tokens = scope.activate()

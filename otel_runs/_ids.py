@@ -28,13 +28,15 @@ class SecondStamp:
 
     def __init__(self, fmt: str) -> None:
         self._fmt = fmt
-        self._last: tuple[int, str] = (-1, "")
+        #: (second, text) formatted last: hot paths read it inline and call only
+        #: for another second (one tuple: safe to share between threads).
+        self.last: tuple[int, str] = (-1, "")
 
     def __call__(self, sec: int) -> str:
-        last_sec, text = self._last
+        last_sec, text = self.last
         if last_sec != sec:
             text = time.strftime(self._fmt, time.gmtime(sec))
-            self._last = (sec, text)  # one tuple: safe to share between threads
+            self.last = (sec, text)
         return text
 
 
@@ -68,21 +70,18 @@ def _next_suffix(ms: int) -> int:
 
 
 def _format(ms: int, rnd: int) -> str:
-    sec, rem = divmod(ms, 1000)
-    return f"{_id_stamp(sec)}{rem:03d}Z-{rnd:010x}"
+    sec = ms // 1000
+    last = _id_stamp.last
+    stamp = last[1] if last[0] == sec else _id_stamp(sec)
+    return f"{stamp}{ms % 1000:03d}Z-{rnd:010x}"
 
 
 def now_run_id() -> tuple[str, int]:
     """A new run id for a run starting now, and that start time (``time_ns``).
     Ids made by one process sort in creation order, even within a millisecond."""
-    # _format(ms, _next_suffix(ms)) without the calls: it runs for every run.
     ns = time.time_ns()
     ms = ns // 1_000_000
-    rnd = _next_suffix(ms)
-    sec = ms // 1000
-    last = _id_stamp._last
-    stamp = last[1] if last[0] == sec else _id_stamp(sec)
-    return f"{stamp}{ms % 1000:03d}Z-{rnd:010x}", ns
+    return _format(ms, _next_suffix(ms)), ns
 
 
 def new_run_id(at: datetime | None = None) -> str:

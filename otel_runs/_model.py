@@ -30,7 +30,7 @@ _iso_stamp = SecondStamp("%Y-%m-%dT%H:%M:%S")
 def iso_from_ns(ns: int) -> str:
     """ISO-8601 UTC with microseconds and a ``Z`` (``2026-11-27T10:15:00.123456Z``)."""
     sec = ns // 1_000_000_000
-    last = _iso_stamp._last  # _iso_stamp(sec) without the call, within the same second
+    last = _iso_stamp.last  # _iso_stamp(sec) without the call, within the same second
     stamp = last[1] if last[0] == sec else _iso_stamp(sec)
     return f"{stamp}.{ns // 1000 % 1_000_000:06d}Z"
 

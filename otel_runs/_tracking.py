@@ -21,7 +21,7 @@ from . import _attributes as A
 from ._context import STARTING_RUN_KEY, parent_run_id, run_context
 from ._ids import now_run_id
 from ._redact import clean_metadata, clean_summary, metadata_json
-from ._setup import _state, project_root_for_run, run_tracer
+from ._setup import project_root_for_run, run_tracer
 from ._taxonomy import validate_run_type
 from .exporters._run_processor import OpenRun, run_closed, run_opening
 
@@ -143,7 +143,7 @@ class RunScope:
                         parent)
         run_opening(entry)
         try:
-            span = (_state.tracer or run_tracer()).start_span(
+            span = run_tracer().start_span(
                 subtype, context=Context({**parent_ctx, STARTING_RUN_KEY: entry}),
                 kind=SpanKind.INTERNAL, attributes=attributes, start_time=now_ns,
             )
@@ -187,10 +187,7 @@ class RunScope:
         self.finished = True
         h = self.handle
         span = h.span
-        if exc is None:
-            status = h._status or derived_status or "ok"
-        else:
-            status = classify(exc, h._status or derived_status)
+        status = classify(exc, h._status or derived_status)
         summary = h._summary
         if not h._summary_set and derived_summary:
             summary = clean_summary(derived_summary)

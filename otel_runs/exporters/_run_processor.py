@@ -160,9 +160,7 @@ def run_project_root(span: ReadableSpan) -> str | None:
     a span opened inside it) while that run is open in this process, else None (a run
     span object otel-runs handed to processors keeps it after the run ended).
     Processors that serve one project (the ledger's, the live feed's) filter with it."""
-    entry = getattr(span, _RUN_OF, None)  # a run span passed on by the dispatcher
-    if entry is None:
-        entry = open_run_of(span)
+    entry = open_run_of(span)
     if entry is None:
         run_id = child_run_id(span)
         if run_id is None:  # e.g. a processor added ahead of otel-runs' own
@@ -315,16 +313,14 @@ class RunSpanDispatcher(SpanProcessor):
         self._procs = tuple(p for p in self._procs if p is not proc)
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        ctx = parent_context if parent_context is not None else get_current()
-        entry = ctx.get(STARTING_RUN_KEY)
+        entry = starting_run(span, parent_context)  # RunScope always passes the context
         if entry is not None:  # a run span: it carries its own id
-            if entry.span_id is None:
-                entry.bind(span)
             if self._procs:
                 _hand_over(span, _RUN_OF, entry)
                 for proc in self._procs:
                     proc._run_started(entry, span)
             return
+        ctx = parent_context if parent_context is not None else get_current()
         run_id = ctx.get(LOCAL_RUN_KEY)
         if run_id is None:  # the common case (spans outside runs): no attribute access
             return
