@@ -18,7 +18,8 @@ from conftest import git, user_state
 
 from otel_runs._ids import InvalidRunId, new_run_id
 from otel_runs.ledger import _store as store_module
-from otel_runs.ledger._errors import NotAGitRepository
+from otel_runs.ledger import _tags as tags_module
+from otel_runs.ledger._errors import NotAGitRepository, PoisonRecords
 from otel_runs.ledger._layout import run_path
 from otel_runs.ledger._store import GitStore
 
@@ -349,16 +350,27 @@ def test_ids_from_outside_are_validated(git_repo: Path, store: GitStore, bad: st
         store.spans(bad)
     with pytest.raises(InvalidRunId):
         store.contains([bad])
-    assert store.write_batch([(dict(make_run(1), run_id=bad), [])]) == 0
+    with pytest.raises(PoisonRecords) as info:
+        store.write_batch([(dict(make_run(1), run_id=bad), [])])
+    assert [index for index, _, _ in info.value.rejected] == [0]
     assert git(git_repo, "for-each-ref").count("\n") == 1  # only main
     assert user_state(git_repo) == before
 
 
-def test_unserialisable_items_are_skipped_and_the_rest_written(git_repo: Path, store: GitStore):
+def test_unwritable_items_are_rejected_together_and_nothing_is_written(git_repo: Path,
+                                                                      store: GitStore):
+    """Poison items (not JSON, not finite, not a run) are named at once and nothing is written:
+    the caller sets them aside and writes the rest."""
     before = user_state(git_repo)
     good = make_run(1)
-    bad = dict(make_run(2), metadata={"x": object()})
-    assert store.write_batch([(bad, []), (good, []), ("nonsense", [])]) == 1  # type: ignore[list-item]
+    items = [(dict(make_run(2), metadata={"x": object()}), []), (good, []), ("nonsense", []),
+             (dict(make_run(3), duration_ms=float("nan")), []),
+             (dict(make_run(4), run_id="２０２６１１２７T101500123Z-3fa9c2d1e5"), [])]
+    with pytest.raises(PoisonRecords) as info:
+        store.write_batch(items)  # type: ignore[arg-type]
+    assert [index for index, _, _ in info.value.rejected] == [0, 2, 3, 4]
+    assert store.recent() == []
+    assert store.write_batch([(good, [])]) == 1
     assert [r["run_id"] for r in store.recent()] == [good["run_id"]]
     assert user_state(git_repo) == before
 
@@ -575,7 +587,7 @@ def loose_run_tags(repo: Path) -> list[Path]:
 
 def test_run_tags_go_into_packed_refs_next_to_the_users_refs(git_repo: Path,
                                                              monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(store_module, "PACKED_TAGS_MIN_BATCH", 10)
+    monkeypatch.setattr(tags_module, "PACKED_TAGS_MIN_BATCH", 10)
     git(git_repo, "tag", "-a", "-m", "release", "v1.0")  # annotated: a peel line when packed
     git(git_repo, "tag", "zz-last")
     git(git_repo, "branch", "feature")
@@ -613,7 +625,7 @@ def test_tags_left_out_by_a_killed_writer_are_created_by_the_next_write(
     git_repo: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """Killed after the branch moved, holding packed-refs.lock: the next write repairs."""
-    monkeypatch.setattr(store_module, "PACKED_TAGS_MIN_BATCH", 1)
+    monkeypatch.setattr(tags_module, "PACKED_TAGS_MIN_BATCH", 1)
     before = user_state(git_repo)
     lock = git_repo / ".git" / "packed-refs.lock"
 
@@ -622,12 +634,12 @@ def test_tags_left_out_by_a_killed_writer_are_created_by_the_next_write(
         raise KeyboardInterrupt("killed")
 
     first = [make_run(i) for i in range(4)]
-    real_add_packed_refs = store_module.add_packed_refs
+    real_add_packed_refs = tags_module.add_packed_refs
     with GitStore(git_repo) as s:
-        monkeypatch.setattr(store_module, "add_packed_refs", killed)
+        monkeypatch.setattr(tags_module, "add_packed_refs", killed)
         with pytest.raises(KeyboardInterrupt):
             s.write_batch([(r, []) for r in first])
-    monkeypatch.setattr(store_module, "add_packed_refs", real_add_packed_refs)
+    monkeypatch.setattr(tags_module, "add_packed_refs", real_add_packed_refs)
     with GitStore(git_repo) as s:
         assert s.contains(r["run_id"] for r in first) == {r["run_id"] for r in first}
     assert not [t for t in tags(git_repo) if t.startswith("scp-run/")]
@@ -655,8 +667,8 @@ def test_a_busy_packed_refs_lock_falls_back_to_loose_tags(
 ):
     """Someone else (the user's git) holds packed-refs.lock: wait a bit, then let update-ref
     create loose tags; never remove a lock that is not ours."""
-    monkeypatch.setattr(store_module, "PACKED_REFS_LOCK_TIMEOUT_S", 0.2)
-    monkeypatch.setattr(store_module, "PACKED_TAGS_MIN_BATCH", 1)
+    monkeypatch.setattr(tags_module, "PACKED_REFS_LOCK_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(tags_module, "PACKED_TAGS_MIN_BATCH", 1)
     before = user_state(git_repo)
     lock = git_repo / ".git" / "packed-refs.lock"
     lock.write_bytes(b"")
@@ -674,7 +686,7 @@ def test_a_stale_loose_run_tag_is_replaced(git_repo: Path, monkeypatch: pytest.M
     """A loose tag wins over a packed one in git: one left by an older interrupted write must
     not shadow the tag of the commit that recorded the run."""
     before = user_state(git_repo)
-    monkeypatch.setattr(store_module, "PACKED_TAGS_MIN_BATCH", 1)
+    monkeypatch.setattr(tags_module, "PACKED_TAGS_MIN_BATCH", 1)
     run = make_run(1)
     git(git_repo, "update-ref", f"refs/tags/scp-run/{run['run_id']}", "main")
     with GitStore(git_repo) as s:
@@ -689,8 +701,8 @@ def test_small_batches_and_a_big_packed_refs_make_loose_tags(git_repo: Path,
                                                             monkeypatch: pytest.MonkeyPatch):
     """Rewriting packed-refs must stay a small share of a batch: a batch smaller than
     PACKED_TAGS_MIN_BATCH, or small next to the packed-refs file, gets loose tags."""
-    monkeypatch.setattr(store_module, "PACKED_TAGS_MIN_BATCH", 5)
-    monkeypatch.setattr(store_module, "PACKED_REFS_BYTES_PER_TAG", 100)
+    monkeypatch.setattr(tags_module, "PACKED_TAGS_MIN_BATCH", 5)
+    monkeypatch.setattr(tags_module, "PACKED_REFS_BYTES_PER_TAG", 100)
     with GitStore(git_repo) as s:
         small = [make_run(i) for i in range(4)]
         s.write_batch([(r, []) for r in small])
@@ -707,7 +719,7 @@ def test_small_batches_and_a_big_packed_refs_make_loose_tags(git_repo: Path,
 
 
 def _packed_writer(repo: str, worker: int, batches: int, per_batch: int) -> None:
-    store_module.PACKED_TAGS_MIN_BATCH = 1  # every batch writes its tags into packed-refs
+    tags_module.PACKED_TAGS_MIN_BATCH = 1  # every batch writes its tags into packed-refs
     with GitStore(repo) as s:
         for b in range(batches):
             runs = [make_run(worker * 1000 + b * per_batch + i,
