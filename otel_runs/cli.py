@@ -493,7 +493,7 @@ def verify_command(ctx: click.Context, as_json: bool) -> None:
     from .ledger._verify import verify_ledger
 
     ledger = _ledger(ctx)
-    ledger.flush()
+    ledger.flush(10.0)  # what cannot be committed now (e.g. the branch is gone) is reported below
     bar_box: list[Any] = []
 
     def on_total(n: int) -> None:
@@ -510,7 +510,8 @@ def verify_command(ctx: click.Context, as_json: bool) -> None:
             bar.__exit__(None, None, None)
     if as_json:
         click.echo(json.dumps({"ok": report.ok, "branch": report.branch, "runs": report.runs,
-                               "tags": report.tags,
+                               "tags": report.tags, "quarantined": report.quarantined,
+                               "repairable": report.repairable,
                                "problems": [vars(p) for p in report.problems]}, indent=2))
     else:
         for problem in report.problems[:100]:
@@ -519,8 +520,28 @@ def verify_command(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"... and {len(report.problems) - 100} more problems")
         click.echo(f"{report.runs} runs, {report.tags} tags on {report.branch}: "
                    + ("ok" if report.ok else f"{len(report.problems)} problem(s)"))
+        if report.quarantined:
+            click.echo(f"{report.quarantined} journal record(s) quarantined (they can never be "
+                       "committed); see the quarantine folder under .git/otel-runs/")
+        if report.repairable:
+            click.echo("run `otel-runs repair` to rebuild the branch from the run tags")
     if not report.ok:
         ctx.exit(1)
+
+
+@runs_group.command("repair")
+@project_option
+@click.pass_context
+@friendly
+def repair_command(ctx: click.Context) -> None:
+    """Rebuild the ledger branch from the run tags (after it was deleted or moved)."""
+    from .ledger._repair import repair_ledger
+
+    ledger = _ledger(ctx)
+    result = repair_ledger(ledger.project_root, branch=ledger.branch,
+                           tag_prefix=ledger.tag_prefix)
+    click.echo(result.describe())
+    ledger.flush()
 
 
 @runs_group.command("audit")

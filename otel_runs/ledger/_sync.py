@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._errors import LedgerError, NotAGitRepository
-from ._git import git_env
+from ._git import git_command, git_env
 
 __all__ = ["SyncResult", "check_remote", "git_dir_of", "run_git", "sync_ledger"]
 
@@ -52,9 +52,11 @@ def git_error_line(stderr: str, returncode: int = 1) -> str:
 
 def run_git(cwd: str | os.PathLike[str], *args: str, input: str | None = None,
             check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run git in ``cwd`` with a neutral environment (no pager, no prompts)."""
+    """Run git in ``cwd`` with a neutral environment (no pager, no prompts) and the ledger's
+    safe options (no hooks: a push runs no ``pre-push``, a ref update no
+    ``reference-transaction``)."""
     full_env = {**git_env(), "GIT_PAGER": "cat", **(env or {})}
-    proc = subprocess.run(["git", *args], cwd=cwd, input=input, capture_output=True,
+    proc = subprocess.run(git_command(None, *args), cwd=cwd, input=input, capture_output=True,
                           text=True, env=full_env)
     if check and proc.returncode != 0:
         raise _GitCommandError(args, proc.returncode, proc.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -12,19 +13,22 @@ from dataclasses import dataclass, field
 from .._ids import InvalidRunId, validate_run_id
 from .._model import Run
 from ._errors import LedgerError
-from ._git import git_env
+from ._git import git_command, git_env
 from ._sync import DEFAULT_BRANCH, DEFAULT_TAG_PREFIX, git_dir_of, run_git
 
 __all__ = ["Problem", "VerifyReport", "verify_ledger"]
 
 _RUNS_DIR = "ledger/runs/"
+_REPAIRABLE = {"orphan-tag", "tag-off-branch", "missing-branch", "count-mismatch"}
+_COUNT_RE = re.compile(r"^Otel-Runs-Count: ([0-9]+)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
 class Problem:
     """One integrity problem: ``kind`` (``unparsable``, ``bad-path``, ``id-mismatch``,
     ``bad-spans``, ``missing-tag``, ``orphan-tag``, ``bad-tag``, ``tag-off-branch``,
-    ``duplicate-run``), what it is about, and a message."""
+    ``duplicate-run``, ``missing-branch``, ``count-mismatch``), what it is about, and a
+    message."""
 
     kind: str
     subject: str
@@ -42,10 +46,17 @@ class VerifyReport:
     runs: int = 0
     tags: int = 0
     problems: list[Problem] = field(default_factory=list)
+    #: Journal records set aside because they can never be committed (see ``quarantined``).
+    quarantined: int = 0
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def repairable(self) -> bool:
+        """Whether ``otel-runs repair`` would put lost runs back on the branch."""
+        return any(p.kind in _REPAIRABLE for p in self.problems)
 
 
 def _list_files(cwd: os.PathLike[str] | str, branch: str) -> list[tuple[str, str]]:
@@ -65,7 +76,7 @@ def _read_blobs(cwd: os.PathLike[str] | str, oids: list[str]) -> Iterator[tuple[
     """(oid, content) for each blob, read through one ``git cat-file --batch``."""
     if not oids:
         return
-    proc = subprocess.Popen(["git", "cat-file", "--batch"], cwd=cwd, stdin=subprocess.PIPE,
+    proc = subprocess.Popen(git_command(None, "cat-file", "--batch"), cwd=cwd, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=git_env())
     assert proc.stdin is not None and proc.stdout is not None
     try:
@@ -135,6 +146,16 @@ def verify_ledger(project_root: str | os.PathLike[str], *, branch: str = DEFAULT
             if on_progress:
                 on_progress(1)
     report.runs = len(run_ids)
+    if has_branch:
+        message = run_git(cwd, "log", "-1", "--format=%B", f"refs/heads/{branch}").stdout
+        said = _COUNT_RE.search(message)
+        if said and int(said.group(1)) != len(run_ids):
+            report.problems.append(Problem(
+                "count-mismatch", branch,
+                f"its tip says it holds {said.group(1)} runs; its tree holds {len(run_ids)}"))
+    elif tags:
+        report.problems.append(Problem("missing-branch", branch,
+                                       f"the branch is gone but {len(tags)} run tag(s) remain"))
 
     if tag_prefix is not None:
         history = set(run_git(cwd, "rev-list", f"refs/heads/{branch}").stdout.split()) \
