@@ -3,6 +3,7 @@
 Usage: ``python ledger_child.py MODE ROOT [ARGS...]``. Prints one line per event
 (``started <id>``, ``done <id>``, ``inflight <id>``) and flushes stdout at once,
 so the parent knows exactly which blocks had exited when it kills the child.
+(``soak`` writes its many run ids to a file instead, see :func:`soak`.)
 """
 
 from __future__ import annotations
@@ -110,6 +111,49 @@ def fork(root: str, per_child: int, kill_child: str) -> None:
     say("finished", os.getpid())
 
 
+def soak(root: str, runs: int, ids_path: str, finish: str) -> None:
+    """configure(), record ``runs`` runs through ``tracked_run`` (one thread), write
+    their ids to ``ids_path`` (one a line, written once all blocks exited), then:
+
+    * ``finish == "flush"``: ``flush()`` the ledger, print ``flushed True|False``
+      and exit normally;
+    * ``finish == "blocked"``: the ledger's write lock (``.git/otel-runs/write.lock``,
+      the flock every writer of this ledger takes to commit) is held by this
+      process from before the first run, so its committer waits on it and every
+      run stays in the journal only; print ``journaled <n>`` and wait (bounded)
+      to be killed. (The store stops waiting for the lock after 60 s and writes
+      without it: the parent checks that the branch is still absent.)
+    """
+    import fcntl
+    import subprocess
+
+    lock_fd = None
+    if finish == "blocked":
+        git_dir = subprocess.run(["git", "rev-parse", "--git-common-dir"], cwd=root,
+                                 capture_output=True, text=True, check=True).stdout.strip()
+        private = os.path.join(root, git_dir, "otel-runs")
+        os.makedirs(private, exist_ok=True)
+        lock_fd = os.open(os.path.join(private, "write.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    otel_runs.configure(root)
+    ids = []
+    for i in range(runs):
+        with otel_runs.tracked_run(root, "deploy", "deploy:k8s", summary=f"soak {i}",
+                                   n=i, pid=os.getpid()) as run:
+            pass
+        ids.append(run.run_id)
+    with open(ids_path + ".tmp", "w") as fh:
+        fh.write("".join(f"{r}\n" for r in ids))
+    os.replace(ids_path + ".tmp", ids_path)
+    if finish == "blocked":
+        say("journaled", len(ids))
+        time.sleep(3600)
+        return
+    from otel_runs.ledger import ledger_for
+
+    say("flushed", ledger_for(root).flush(240))
+
+
 if __name__ == "__main__":
     mode, root_dir, *args = sys.argv[1:]
     if mode == "loop":
@@ -122,5 +166,7 @@ if __name__ == "__main__":
         unsampled(root_dir)
     elif mode == "fork":
         fork(root_dir, int(args[0]), args[1] if len(args) > 1 else "exit")
+    elif mode == "soak":
+        soak(root_dir, int(args[0]), args[1], args[2] if len(args) > 2 else "flush")
     else:
         raise SystemExit(f"unknown mode {mode!r}")
