@@ -10,11 +10,13 @@ import threading
 import time
 from datetime import datetime, timezone
 
-__all__ = ["InvalidRunId", "new_run_id", "validate_run_id", "run_id_time"]
+__all__ = ["InvalidRunId", "is_run_id", "new_run_id", "validate_run_id", "run_id_time"]
 
 #: ``20261127T101500123Z-3fa9c2d1e5``: UTC start time to the millisecond, then
 #: 40 random bits (lowercase hex). Sorting ids as strings sorts runs by start time.
-RUN_ID_PATTERN = r"\d{8}T\d{9}Z-[0-9a-f]{10}"
+#: ASCII only (``[0-9]``, never ``\d``, which also matches other scripts' digits), so
+#: every regex built from it accepts exactly what :func:`validate_run_id` accepts.
+RUN_ID_PATTERN = r"[0-9]{8}T[0-9]{9}Z-[0-9a-f]{10}"
 _RUN_ID_RE = re.compile(RUN_ID_PATTERN)
 
 
@@ -105,6 +107,11 @@ def validate_run_id(run_id: object) -> str:
             f"malformed run id {shown!r}: expected e.g. '20261127T101500123Z-3fa9c2d1e5'"
         )
     return run_id
+
+
+def is_run_id(value: object) -> bool:
+    """Whether ``value`` is a well-formed run id (:func:`validate_run_id` without raising)."""
+    return isinstance(value, str) and _RUN_ID_RE.fullmatch(value) is not None
 
 
 def run_id_time(run_id: str) -> datetime:

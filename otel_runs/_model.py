@@ -12,9 +12,9 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import format_span_id, format_trace_id
 
 from . import _attributes as A
-from ._ids import SecondStamp
+from ._ids import SecondStamp, is_run_id
 
-__all__ = ["Run", "RunStatus", "STATUSES", "iso_from_ns"]
+__all__ = ["MAX_NS", "Run", "RunStatus", "STATUSES", "clamp_ns", "iso_from_ns"]
 
 logger = logging.getLogger("otel_runs")
 
@@ -26,9 +26,28 @@ STATUSES: tuple[str, ...] = ("running", "ok", "failed", "cancelled", "interrupte
 
 _iso_stamp = SecondStamp("%Y-%m-%dT%H:%M:%S")
 
+#: The latest time a run or span may have, in ns since the epoch: the largest
+#: signed 64-bit value (2262-04-11T23:47:16.854775807Z), what OTLP and the
+#: OpenTelemetry SDKs carry. Times are clamped into ``0..MAX_NS``.
+MAX_NS = 2**63 - 1
+
+
+def clamp_ns(value: object, fallback: object = 0) -> int:
+    """A time in ns as an int in ``0..MAX_NS``: numbers are clamped (``±inf`` to the
+    nearest bound); anything else (NaN, None, text, a bool) becomes ``fallback``
+    (itself clamped; the epoch if it is no number either)."""
+    if type(value) is int:
+        return 0 if value < 0 else MAX_NS if value > MAX_NS else value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+        return 0 if value <= 0 else MAX_NS if value >= MAX_NS else int(value)
+    return clamp_ns(fallback) if fallback is not value else 0
+
 
 def iso_from_ns(ns: int) -> str:
-    """ISO-8601 UTC with microseconds and a ``Z`` (``2026-11-27T10:15:00.123456Z``)."""
+    """ISO-8601 UTC with microseconds and a ``Z`` (``2026-11-27T10:15:00.123456Z``);
+    ``ns`` is clamped as :func:`clamp_ns` does (NaN: the epoch)."""
+    if type(ns) is not int or not 0 <= ns <= MAX_NS:
+        ns = clamp_ns(ns)
     sec = ns // 1_000_000_000
     last = _iso_stamp.last  # _iso_stamp(sec) without the call, within the same second
     stamp = last[1] if last[0] == sec else _iso_stamp(sec)
@@ -77,7 +96,7 @@ class Run:
         """
         if not isinstance(data, Mapping):
             raise ValueError(f"run data must be an object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
+        known = _FIELD_SET
         unknown = sorted(set(data) - known)
         if unknown:
             logger.warning("ignoring unknown run fields %s in run %r", unknown, data.get("run_id"))
@@ -101,7 +120,9 @@ class Run:
         run_type = attrs.get(A.RUN_TYPE)
         if not isinstance(run_id, str) or not isinstance(run_type, str):
             raise ValueError(f"span {span.name!r} is not a run span (no {A.RUN_TYPE} attribute)")
-        start = span.start_time or 0
+        start = clamp_ns(span.start_time)
+        if end is not None:
+            end = clamp_ns(end, start)
         status = "running" if end is None else str(attrs.get(A.RUN_STATUS, "ok"))
         ctx = span.context
         parent = attrs.get(A.RUN_PARENT_ID)
@@ -117,7 +138,7 @@ class Run:
             metadata=parse_metadata(attrs.get(A.RUN_METADATA)),
             trace_id=format_trace_id(ctx.trace_id) if ctx else "",
             span_id=format_span_id(ctx.span_id) if ctx else "",
-            parent_run_id=parent if isinstance(parent, str) else None,
+            parent_run_id=parent if is_run_id(parent) else None,
             service=str(span.resource.attributes.get("service.name", "") if span.resource else ""),
             events=span_events(span),
         )
@@ -147,6 +168,7 @@ def span_events(span: ReadableSpan) -> list[dict[str, Any]]:
 
 
 _FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Run))
+_FIELD_SET = frozenset(_FIELD_NAMES)
 
 
 def _copy_json(value: Any) -> Any:
@@ -168,13 +190,14 @@ def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
         "span_id": format_span_id(ctx.span_id) if ctx else "",
         "parent_span_id": format_span_id(parent.span_id) if parent else None,
         "kind": span.kind.name if span.kind is not None else "INTERNAL",
-        "start_time_ns": span.start_time,
-        "end_time_ns": span.end_time,
+        "start_time_ns": clamp_ns(span.start_time),
+        "end_time_ns": None if span.end_time is None else clamp_ns(span.end_time, span.start_time),
         "status": span.status.status_code.name,
         "status_description": span.status.description,
         "attributes": _jsonable_attrs(span.attributes),
         "events": [
-            {"name": e.name, "time_ns": e.timestamp, "attributes": _jsonable_attrs(e.attributes)}
+            {"name": e.name, "time_ns": clamp_ns(e.timestamp, span.start_time),
+             "attributes": _jsonable_attrs(e.attributes)}
             for e in span.events
         ],
         "scope": span.instrumentation_scope.name if span.instrumentation_scope else None,

@@ -22,8 +22,23 @@ OTEL_RUNS_REDIS_URL = "OTEL_RUNS_REDIS_URL"
 OTEL_RUNS_TRACE_URL = "OTEL_RUNS_TRACE_URL"
 #: Extra comma-separated key parts that mark metadata keys as secrets.
 OTEL_RUNS_SECRET_KEYS = "OTEL_RUNS_SECRET_KEYS"
+#: What a tracked block does when its run cannot be written to the journal (disk
+#: full, read-only ``.git``): ``keep`` (default: the run is kept in memory, journaled
+#: again and committed when writing works) or ``raise`` (the same, and the block
+#: raises ``otel_runs.ledger.JournalUnavailable``).
+OTEL_RUNS_ON_JOURNAL_ERROR = "OTEL_RUNS_ON_JOURNAL_ERROR"
+#: ``1`` lets any client reach the runs API, stream and page (default: loopback
+#: clients only), for apps that put them behind their own proxy authentication.
+OTEL_RUNS_API_PUBLIC = "OTEL_RUNS_API_PUBLIC"
+#: Extra comma-separated ``Host`` names accepted besides ``localhost``, ``127.0.0.1``,
+#: ``[::1]`` and the bound address (``*``: any); DNS-rebinding protection.
+OTEL_RUNS_ALLOWED_HOSTS = "OTEL_RUNS_ALLOWED_HOSTS"
+#: Extra comma-separated origins (``https://ops.example.com``) whose state-changing
+#: requests a ``RunTracking(app, protect=True)`` app accepts besides its own.
+OTEL_RUNS_ALLOWED_ORIGINS = "OTEL_RUNS_ALLOWED_ORIGINS"
 
 _DURABILITY_CHOICES = ("journal", "fsync")
+_ON_JOURNAL_ERROR_CHOICES = ("keep", "raise")
 
 
 def env_str(name: str, default: str | None = None) -> str | None:
@@ -59,3 +74,14 @@ def durability(explicit: str | None = None) -> str:
                        _DURABILITY_CHOICES)
         return "journal"
     return value  # type: ignore[return-value]
+
+
+def on_journal_error() -> str:
+    """``OTEL_RUNS_ON_JOURNAL_ERROR``: ``keep`` (default) or ``raise``; a bad value
+    warns and means ``keep``."""
+    value = (env_str(OTEL_RUNS_ON_JOURNAL_ERROR, "keep") or "keep").lower()
+    if value not in _ON_JOURNAL_ERROR_CHOICES:
+        logger.warning("%s=%r is not one of %s; using 'keep'", OTEL_RUNS_ON_JOURNAL_ERROR, value,
+                       _ON_JOURNAL_ERROR_CHOICES)
+        return "keep"
+    return value

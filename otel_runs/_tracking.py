@@ -157,6 +157,10 @@ class RunScope:
         self.handle = RunHandle(run_id, run_type, subtype, summary, meta, span)
         self.context = run_context(run_id, span, parent_ctx)
         self.finished = False
+        if entry.journal_error is not None:  # OTEL_RUNS_ON_JOURNAL_ERROR=raise: refuse it
+            error, entry.journal_error = entry.journal_error, None
+            self.finish(error)
+            raise error
 
     def activate(self) -> _Tokens:
         """Make the run current (for spans opened inside it); pass the result to
@@ -181,7 +185,9 @@ class RunScope:
     def finish(self, exc: BaseException | None = None, derived_status: str | None = None,
                derived_summary: str | None = None) -> str:
         """End the run. Status: what the body reported, else ``derived_status``
-        (from a response), else ``ok``; an exception decides as in :func:`classify`."""
+        (from a response), else ``ok``; an exception decides as in :func:`classify`.
+        Raises ``JournalUnavailable`` when the block did not raise but its run could not
+        be journaled and ``OTEL_RUNS_ON_JOURNAL_ERROR=raise``."""
         if self.finished:
             return self.handle.status or "ok"
         self.finished = True
@@ -215,6 +221,10 @@ class RunScope:
             span.end(end_ns)
         finally:
             run_closed(self._entry)
+        error = self._entry.journal_error
+        if error is not None and exc is None:  # OTEL_RUNS_ON_JOURNAL_ERROR=raise
+            self._entry.journal_error = None
+            raise error
         return status
 
 
@@ -234,7 +244,9 @@ class tracked_run:  # noqa: N801 - used like a function: ``with tracked_run(...)
     current span (e.g. the Flask request span). An exception marks the run
     ``failed`` and is re-raised unchanged; ``KeyboardInterrupt``, a closed
     generator and task cancellation mark it ``cancelled``; ``SystemExit(0)`` is
-    ``ok``. ``project_root=None`` means the configured default.
+    ``ok``. ``project_root=None`` means the configured default. With
+    ``OTEL_RUNS_ON_JOURNAL_ERROR=raise``, ``otel_runs.ledger.JournalUnavailable`` is
+    raised on entry (the block does not run) or on exit when the run cannot be journaled.
     """
 
     def __init__(self, project_root: str | os.PathLike[str] | Path | None, run_type: str,

@@ -36,14 +36,17 @@ class OpenRun:
     The Runs are built on first use, once, and shared by every processor (so a
     process whose processors take spans, as the ledger's does, builds none)."""
 
-    __slots__ = ("run_id", "root", "span_id", "_fields", "_trace_id", "_resource", "_start",
-                 "_final", "_end")
+    __slots__ = ("run_id", "root", "span_id", "journal_error", "_fields", "_trace_id",
+                 "_resource", "_start", "_final", "_end")
 
     def __init__(self, root: str | None, run_id: str, run_type: str, subtype: str, summary: str,
                  start_ns: int, metadata_json: str, parent_run_id: str | None) -> None:
         self.run_id = run_id
         self.root = root
         self.span_id: int | None = None
+        #: Set by the ledger's processor when the run's start or end could not be
+        #: journaled and ``OTEL_RUNS_ON_JOURNAL_ERROR=raise``: ``RunScope`` raises it.
+        self.journal_error: Exception | None = None
         self._fields = (run_type, subtype, summary, start_ns, metadata_json, parent_run_id)
         self._trace_id = 0
         self._resource: Resource | None = None

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from .._attributes import RUN_ID, RUN_TYPE
 from .._model import Run, span_to_dict
 from .._ratelimit import RateLimitedLog
-from ..ledger import Ledger, LedgerError, ledger_for
+from ..ledger import JournalUnavailable, Ledger, LedgerError, ledger_for
 from ._run_processor import OpenRun, RunProcessor, child_run_id, is_run_span, run_project_root
 
 __all__ = ["LedgerRunProcessor", "LedgerSpanExporter", "ledger_processor_for"]
@@ -124,7 +124,9 @@ class LedgerRunProcessor(RunProcessor):
         return child_run_id(span) in self._open
 
     # The hooks below take the spans directly (not ``Run.from_span`` on the
-    # request path); like RunProcessor's, they never let an error through.
+    # request path); like RunProcessor's, they never let an error through. The one
+    # deliberate exception: with ``OTEL_RUNS_ON_JOURNAL_ERROR=raise`` a journal failure
+    # is noted on the open run, and ``RunScope`` raises it once every processor ran.
 
     def _run_started(self, entry: OpenRun, span: Span) -> None:
         if entry.root != self.project_root:
@@ -132,6 +134,8 @@ class LedgerRunProcessor(RunProcessor):
         try:
             self._open.add(entry.run_id)
             self.exporter.ledger.record_span_started(span)
+        except JournalUnavailable as exc:  # (already logged by the ledger)
+            entry.journal_error = exc
         except Exception:
             _errors.exception("on_start", "otel-runs: could not journal the start of run %s",
                               entry.run_id)
@@ -142,6 +146,8 @@ class LedgerRunProcessor(RunProcessor):
         try:
             self._open.discard(entry.run_id)
             self.exporter.record_run_span(span)
+        except JournalUnavailable as exc:  # (already logged by the ledger)
+            entry.journal_error = exc
         except Exception:
             _errors.exception("on_end", "otel-runs: could not record run %s in the ledger",
                               entry.run_id)

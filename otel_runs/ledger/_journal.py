@@ -20,10 +20,16 @@ Layout, under ``<git common dir>/otel-runs/journal-<branch>-<hash>/``:
 
 A segment is deleted once every run ended in it is committed; when a writer moves
 to a new segment it first copies the start markers of its still-open runs there.
+
+A failed append (disk full, read-only file system) never leaves a torn line in the
+middle of a segment: the segment is truncated back to its size before the write,
+or, if that fails too, the writer moves to a new segment on its next append. The
+reading side (recovery of dead journals) is ``_journal_dead``.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -31,17 +37,14 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .._ids import InvalidRunId, validate_run_id
-from ._git import _fsync_dir
-from ._journal_records import record_run_id, run_dict
+from ._errors import LedgerError
+from ._journal_dead import DeadJournal, dead_journals
 
-__all__ = ["DeadJournal", "JournalWriter", "dead_journals", "encode_line", "process_start_time"]
+__all__ = ["DeadJournal", "JournalUnavailable", "JournalWriter", "dead_journals", "encode_line",
+           "process_start_time"]
 
 logger = logging.getLogger("otel_runs.ledger")
 
@@ -70,6 +73,29 @@ def encode_line(obj: Any) -> bytes:
     return (_LINE_ENCODER.encode(obj) + "\n").encode("utf-8")
 
 
+class JournalUnavailable(LedgerError):  # noqa: N818 - reads as what happened
+    """A run could not be written to the journal (disk full, read-only ``.git``...).
+
+    Raised only with ``OTEL_RUNS_ON_JOURNAL_ERROR=raise``; the run is still kept in
+    memory, journaled again and committed when writing works. ``run_id`` and
+    ``journal_dir`` say which; the ``OSError`` is the ``__cause__``.
+    """
+
+    def __init__(self, run_id: str, journal_dir: Path, error: BaseException, what: str) -> None:
+        self.run_id, self.journal_dir = run_id, journal_dir
+        super().__init__(f"could not journal the {what} of run {run_id} in {journal_dir}: "
+                         f"{error} (OTEL_RUNS_ON_JOURNAL_ERROR=raise; the run is kept in memory "
+                         "and committed when writing works again)")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class JournalWriter:
     """This process's journal: appends start/end records, durably, thread-safe.
 
@@ -88,14 +114,15 @@ class JournalWriter:
         self._writer_id: str | None = None
         self._lock_fd: int | None = None
         self._fd: int | None = None
-        self._segment = 0
+        self._segment = 0  # the current segment's number
+        self._numbers = 0  # the last segment number handed out (failed attempts use one too)
         self._size = 0
         self._written = 0  # lines written (all segments)
         self._synced = 0  # lines known to be on stable storage
         self._syncing = False
         #: fdatasync calls made for appends (group commit: fewer than fsynced appends).
         self.syncs = 0
-        self._open_runs: dict[str, dict[str, Any]] = {}  # run_id -> start record
+        self._open_runs: dict[str, bytes] = {}  # run_id -> its start line
         self._uncommitted: dict[int, int] = {}  # segment -> ended runs not yet committed
 
     # -- identity and files ------------------------------------------------
@@ -109,7 +136,13 @@ class JournalWriter:
         return self.directory / f"{self._writer_id}.{segment:06d}.jsonl"
 
     def _open_locked(self) -> None:
-        """Create the lock file (locked before it gets its name) and segment 1."""
+        """Create the lock file (locked before it gets its name) if there is none yet,
+        then the next segment (after a failure either step is tried again)."""
+        if self._writer_id is None:
+            self._create_lock_locked()
+        self._start_segment_locked()
+
+    def _create_lock_locked(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         pid = os.getpid()
         writer = f"{pid}-{process_start_time() or 0}-{os.urandom(3).hex()}"
@@ -126,17 +159,29 @@ class JournalWriter:
             tmp.unlink(missing_ok=True)
             raise
         self._writer_id, self._lock_fd = writer, fd
-        self._start_segment_locked(1)
 
-    def _start_segment_locked(self, segment: int) -> None:
+    def _start_segment_locked(self) -> None:
+        """Make a new segment (with the start markers of the open runs) the current one;
+        on failure the new file is removed and the current segment stays."""
+        self._numbers += 1
+        segment = self._numbers
         path = self._segment_path(segment)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-        data = b"".join(encode_line({"e": "start", **rec}) for rec in self._open_runs.values())
-        if data:
-            _write_all(fd, data)
-        if self.fsync:
-            os.fdatasync(fd)
-            _fsync_dir(self.directory)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
+                     0o644)
+        data = b"".join(self._open_runs.values())
+        try:
+            if data:
+                _write_all(fd, data)
+            if self.fsync:
+                os.fdatasync(fd)
+                _fsync_dir(self.directory)
+        except BaseException:
+            os.close(fd)
+            try:
+                path.unlink()
+            except OSError:  # it stays, holding only start markers (or a torn last one)
+                self._uncommitted.setdefault(segment, 0)
+            raise
         old = self._fd
         self._fd, self._segment, self._size = fd, segment, len(data)
         self._uncommitted.setdefault(segment, 0)
@@ -145,25 +190,43 @@ class JournalWriter:
 
     # -- appends -------------------------------------------------------------
 
-    def append_start(self, run_id: str, record: dict[str, Any]) -> None:
-        """Record that run ``run_id`` started (for crash recovery; never fsynced)."""
-        line = encode_line({"e": "start", **record})
+    def append_start(self, run_id: str, line: bytes) -> None:
+        """Record that run ``run_id`` started (``line``: its ``start`` record; for crash
+        recovery, never fsynced). Raises ``OSError`` if it cannot be written."""
         with self._lock:
             self._write_locked(line)
-            self._open_runs[run_id] = record
+            self._open_runs[run_id] = line
+
+    def forget_start(self, run_id: str) -> None:
+        """Run ``run_id`` ended without an end record here (it could not be written)."""
+        with self._lock:
+            self._open_runs.pop(run_id, None)
 
     def _write_locked(self, line: bytes) -> None:
-        """Append ``line`` to the current segment (the caller holds the lock)."""
+        """Append ``line`` to the current segment (the caller holds the lock). On
+        failure nothing of it stays: the segment is truncated back, or abandoned."""
         if self._fd is None:
             self._open_locked()
-        assert self._fd is not None
-        _write_all(self._fd, line)
+        fd = self._fd
+        assert fd is not None
+        try:
+            _write_all(fd, line)
+        except OSError:
+            try:
+                os.ftruncate(fd, self._size)
+            except OSError:  # a torn line stays at its end: write the next ones elsewhere
+                logger.warning("otel-runs: could not truncate journal segment %s after a "
+                               "failed write; moving to a new segment",
+                               self._segment_path(self._segment))
+                self._fd = None
+                os.close(fd)
+            raise
         self._size += len(line)
         self._written += 1
 
     def append_end(self, run_id: str, line: bytes) -> int:
-        """Durably append ``line`` (an ``end`` record of :func:`encode_line`) for a
-        finished run; return the segment it went to."""
+        """Durably append ``line`` (an ``end`` record) for a finished run; return the
+        segment it went to. Raises ``OSError`` if it cannot be written (or synced)."""
         with self._lock:
             self._write_locked(line)
             mine = self._written
@@ -171,7 +234,11 @@ class JournalWriter:
             self._uncommitted[segment] = self._uncommitted.get(segment, 0) + 1
             self._open_runs.pop(run_id, None)
             if self.fsync:
-                self._sync_upto_locked(mine)
+                try:
+                    self._sync_upto_locked(mine)
+                except OSError:  # not durable: the caller keeps it as unjournaled
+                    self._uncommitted[segment] -= 1
+                    raise
         return segment
 
     def _sync_upto_locked(self, target: int) -> None:
@@ -180,9 +247,10 @@ class JournalWriter:
             if self._syncing:
                 self._lock.wait()
                 continue
-            self._syncing = True
             upto, fd = self._written, self._fd
-            assert fd is not None
+            if fd is None:  # another writer's failure abandoned the segment meanwhile
+                raise OSError(errno.EIO, "journal segment abandoned before its fdatasync")
+            self._syncing = True
             self._lock.release()
             try:
                 os.fdatasync(fd)
@@ -196,23 +264,26 @@ class JournalWriter:
     # -- after commits -------------------------------------------------------
 
     def committed(self, segments: list[int]) -> None:
-        """Runs ended in ``segments`` (one entry per run) are now in git: move to a
-        new segment when the current one is big, delete fully committed ones."""
+        """Runs ended in ``segments`` (one entry per run) are now in git (or kept in
+        quarantine): move to a new segment when the current one is big, delete fully
+        committed ones. Raises ``OSError`` if that upkeep fails (the counts are kept)."""
         with self._lock:
             for seg in segments:
                 if seg in self._uncommitted:
                     self._uncommitted[seg] -= 1
-            if self._fd is not None and self._size >= SEGMENT_BYTES:
-                while self._syncing:
-                    self._lock.wait()
-                if self.fsync:
-                    os.fdatasync(self._fd)
-                    self._synced = self._written
-                self._start_segment_locked(self._segment + 1)
-            for seg, count in list(self._uncommitted.items()):
-                if count <= 0 and seg != self._segment:
-                    self._segment_path(seg).unlink(missing_ok=True)
-                    del self._uncommitted[seg]
+            try:
+                if self._fd is not None and self._size >= SEGMENT_BYTES:
+                    while self._syncing:
+                        self._lock.wait()
+                    if self.fsync:
+                        os.fdatasync(self._fd)
+                        self._synced = self._written
+                    self._start_segment_locked()
+            finally:
+                for seg, count in list(self._uncommitted.items()):
+                    if count <= 0 and (seg != self._segment or self._fd is None):
+                        self._segment_path(seg).unlink(missing_ok=True)
+                        del self._uncommitted[seg]
 
     @property
     def open_runs(self) -> int:
@@ -224,15 +295,20 @@ class JournalWriter:
         still open, the journal is deleted; otherwise the lock stays held until the
         process exits, after which any process recovers it. True if deleted."""
         with self._lock:
-            if self._fd is None:
+            if self._writer_id is None:
                 return True
             clean = not self._open_runs and all(c <= 0 for c in self._uncommitted.values())
             if not clean:
                 return False
-            for seg in list(self._uncommitted):
-                self._segment_path(seg).unlink(missing_ok=True)
-            (self.directory / f"{self._writer_id}.lock").unlink(missing_ok=True)
-            os.close(self._fd)
+            try:
+                for seg in list(self._uncommitted):
+                    self._segment_path(seg).unlink(missing_ok=True)
+                (self.directory / f"{self._writer_id}.lock").unlink(missing_ok=True)
+            except OSError:  # (read-only): the next process finds it empty and removes it
+                logger.warning("otel-runs: could not remove the journal of this process in %s",
+                               self.directory)
+            if self._fd is not None:
+                os.close(self._fd)
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
             self._init_state()
@@ -255,142 +331,3 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
-
-
-# -- recovery -------------------------------------------------------------------
-
-
-@dataclass
-class DeadJournal:
-    """The journal of a writer that is gone, locked by us while we recover it."""
-
-    directory: Path
-    writer_id: str
-    header: dict[str, Any]
-    segments: list[Path]
-    lock_fd: int | None
-    ends: dict[str, dict[str, Any]] = field(default_factory=dict)
-    starts: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    @property
-    def reason(self) -> str:
-        """Why its open runs are interrupted."""
-        pid = self.header.get("pid") or self.writer_id.split("-", 1)[0]
-        host = self.header.get("host")
-        where = f" on {host}" if host and host != socket.gethostname() else ""
-        return f"process {pid}{where} exited before the run finished"
-
-    def read(self) -> None:
-        """Parse the segments (bad lines are skipped with a warning)."""
-        for path in self.segments:
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                continue
-            lines = data.split(b"\n")
-            if lines and lines[-1]:
-                lines.pop()  # torn last line: its block never returned
-            for number, raw in enumerate(lines, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    rec = json.loads(raw)
-                    run_id = validate_run_id(record_run_id(rec))
-                except (ValueError, KeyError, TypeError, AttributeError, InvalidRunId) as exc:
-                    logger.warning("otel-runs: skipping bad journal line %s:%d (%s)",
-                                   path, number, exc)
-                    continue
-                if rec.get("e") == "end":
-                    self.ends[run_id] = rec
-                elif rec.get("e") == "start":
-                    self.starts[run_id] = rec
-
-    def items(self) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
-        """What to commit: every ended run, and every run started but not ended,
-        marked ``interrupted`` with the reason."""
-        out: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
-        for run_id, rec in self.ends.items():
-            try:
-                spans = rec.get("spans")
-                out.append((run_dict(rec), spans if isinstance(spans, list) else []))
-            except ValueError as exc:
-                logger.warning("otel-runs: skipping unreadable journaled run %s: %s", run_id, exc)
-        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        for run_id, start in self.starts.items():
-            if run_id in self.ends:
-                continue
-            try:
-                run = dict(run_dict(start))
-            except ValueError as exc:
-                logger.warning("otel-runs: skipping unreadable start of run %s: %s", run_id, exc)
-                continue
-            run.update(status="interrupted", summary=self.reason, ended_at=None,
-                       duration_ms=None)
-            events = run.get("events") if isinstance(run.get("events"), list) else []
-            run["events"] = [*events, {"name": "interrupted", "timestamp": now,
-                                       "attributes": {"reason": self.reason}}]
-            out.append((run, []))
-        return out
-
-    def remove(self) -> None:
-        """Delete the recovered journal (after its runs are committed)."""
-        for path in self.segments:
-            path.unlink(missing_ok=True)
-        (self.directory / f"{self.writer_id}.lock").unlink(missing_ok=True)
-        self.release()
-
-    def release(self) -> None:
-        """Unlock without deleting (recovery failed; someone retries later)."""
-        if self.lock_fd is not None:
-            os.close(self.lock_fd)
-            self.lock_fd = None
-
-
-def dead_journals(directory: Path) -> Iterator[DeadJournal]:
-    """The journals in ``directory`` whose writer is gone, each locked while the
-    caller recovers it (call ``remove()`` or ``release()``). Only one process
-    recovers at a time; when another one is at it, nothing is yielded."""
-    if not directory.is_dir():
-        return
-    guard = os.open(directory / _RECOVER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return
-        segments: dict[str, list[Path]] = {}
-        locks: set[str] = set()
-        for entry in os.scandir(directory):
-            name = entry.name
-            if name.endswith(".jsonl") and name.count(".") == 2:
-                segments.setdefault(name.split(".", 1)[0], []).append(Path(entry.path))
-            elif name.endswith(".lock") and not name.startswith(".") and name != _RECOVER_LOCK:
-                locks.add(name[: -len(".lock")])
-        for writer in sorted(locks | set(segments)):
-            # A writer names its lock file before it creates a segment, so look the
-            # lock up again now: a segment listed without one is a true orphan.
-            fd: int | None = None
-            header: dict[str, Any] = {}
-            try:
-                fd = os.open(directory / f"{writer}.lock", os.O_RDWR | os.O_CLOEXEC)
-            except FileNotFoundError:
-                fd = None
-            if fd is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    os.close(fd)  # its writer is alive
-                    continue
-                try:
-                    header = json.loads(os.pread(fd, 4096, 0) or b"{}")
-                except ValueError:
-                    header = {}
-            # (segments without a lock file: a recovery or close that died midway)
-            journal = DeadJournal(directory, writer, header if isinstance(header, dict) else {},
-                                  sorted(segments.get(writer, [])), fd)
-            try:
-                yield journal
-            finally:
-                journal.release()
-    finally:
-        os.close(guard)

@@ -9,7 +9,9 @@ lines it already wrote and waits (without the GIL) for the answer.
 
 Protocol on the helper's stdin/stdout: ``READY`` once the store is open; then,
 per batch, ``B <n>`` followed by ``n`` journal lines, answered by ``OK
-<written>`` or ``ERR <message>``. EOF on stdin ends the helper.
+<written>``, ``POISON <JSON list of [index, run id, reason]>`` (lines that can
+never be written; nothing was written, as with the store's ``PoisonRecords``) or
+``ERR <message>``. EOF on stdin ends the helper.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-from ._errors import LedgerError
+from ._errors import LedgerError, PoisonRecords
 from ._git import stop_process
 
 __all__ = ["CommitHelper"]
@@ -84,6 +86,12 @@ class CommitHelper:
             raise LedgerError(f"the ledger commit helper failed: {exc}") from exc
         if answer.startswith("OK "):
             return int(answer[3:])
+        if answer.startswith("POISON "):
+            try:
+                rejected = [(int(i), str(r), str(why)) for i, r, why in json.loads(answer[7:])]
+            except (ValueError, TypeError) as exc:
+                raise LedgerError(f"the ledger commit helper answered {answer[:200]!r}") from exc
+            raise PoisonRecords(rejected)
         if not answer:
             self.close()
             raise LedgerError("the ledger commit helper exited")
@@ -105,19 +113,43 @@ class CommitHelper:
         stop_process(proc, timeout=30)
 
 
+def _items(lines: list[bytes]) -> tuple[list[tuple[dict[str, Any], list[dict[str, Any]]]],
+                                       list[tuple[int, str, str]]]:
+    """The (run dict, child spans) of each line, and the lines that cannot be one."""
+    from .._ids import is_run_id
+    from ._journal_records import decode_line, record_run_id, run_dict
+
+    items: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+    rejected: list[tuple[int, str, str]] = []
+    for index, raw in enumerate(lines):
+        rid: Any = None
+        try:
+            rec = decode_line(raw)
+            rid = record_run_id(rec)
+            if not is_run_id(rid):
+                raise ValueError(f"malformed run id {rid!r}")
+            spans = rec.get("spans")
+            items.append((run_dict(rec), spans if isinstance(spans, list) else []))
+        except ValueError as exc:
+            rejected.append((index, rid if isinstance(rid, str) else repr(rid), str(exc)[:300]))
+    return items, rejected
+
+
+def _answer(stdout: IO[bytes], text: str) -> None:
+    stdout.write(text.replace("\n", " ").encode("utf-8", "replace") + b"\n")
+    stdout.flush()
+
+
 def _serve(project_root: str, branch: str, tag_prefix: str | None, fsync: bool) -> None:
-    from ._journal_records import run_dict
     from ._store import GitStore
 
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     try:
         store = GitStore(project_root, branch=branch, tag_prefix=tag_prefix, fsync=fsync)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which falls back
-        stdout.write(f"ERR {exc}".replace("\n", " ").encode() + b"\n")
-        stdout.flush()
+        _answer(stdout, f"ERR {exc}")
         return
-    stdout.write(b"READY\n")
-    stdout.flush()
+    _answer(stdout, "READY")
     try:
         while True:
             header = stdin.readline()
@@ -126,20 +158,16 @@ def _serve(project_root: str, branch: str, tag_prefix: str | None, fsync: bool) 
             count = int(header.split()[1])
             lines = [stdin.readline() for _ in range(count)]
             try:
-                items: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
-                for raw in lines:
-                    try:
-                        rec = json.loads(raw)
-                        spans = rec.get("spans")
-                        items.append((run_dict(rec), spans if isinstance(spans, list) else []))
-                    except (ValueError, AttributeError) as exc:
-                        logger.warning("otel-runs: skipping unreadable journal record: %s", exc)
+                items, rejected = _items(lines)
+                if rejected:
+                    raise PoisonRecords(rejected)
                 written = store.write_batch(items) if items else 0
-                stdout.write(b"OK %d\n" % written)
+                _answer(stdout, f"OK {written}")
+            except PoisonRecords as exc:
+                _answer(stdout, "POISON " + json.dumps([list(r) for r in exc.rejected],
+                                                       ensure_ascii=True))
             except Exception as exc:  # noqa: BLE001 - reported to the parent, which retries
-                stdout.write(f"ERR {type(exc).__name__}: {exc}".replace("\n", " ").encode()
-                             + b"\n")
-            stdout.flush()
+                _answer(stdout, f"ERR {type(exc).__name__}: {exc}")
     except (BrokenPipeError, ConnectionResetError):
         return  # the parent is gone: its journal keeps the runs for the next process
     finally:

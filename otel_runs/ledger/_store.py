@@ -59,12 +59,14 @@ PACK_REFS_EVERY_RUNS = 1_000
 REPACK_EVERY_COMMITS = 20
 GC_AUTO_EVERY_COMMITS = 250
 
-Prepared = dict[str, tuple[dict[str, Any], bytes, bytes | None]]
+#: run id -> (run dict, run.json bytes, spans.jsonl bytes or None, index line)
+Prepared = dict[str, tuple[dict[str, Any], bytes, bytes | None, str]]
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"),
-                      allow_nan=False)
+#: The run files' JSON: sorted keys, compact, UTF-8, finite numbers only (one encoder, not one
+#: per call).
+_dumps = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"),
+                          allow_nan=False).encode
 
 
 class GitStore(StoreReader):
@@ -286,7 +288,7 @@ class GitStore(StoreReader):
             self._init_process_state()
 
     def _prepare(self, items: Sequence[tuple[dict[str, Any], list[dict[str, Any]]]]) -> Prepared:
-        """``{run_id: (run dict, run.json bytes, spans.jsonl bytes | None)}``, first wins;
+        """``{run_id: (run dict, run.json, spans.jsonl | None, index line)}``, first wins;
         :class:`PoisonRecords` listing every item that can never be written."""
         out: Prepared = {}
         rejected: list[tuple[int, str, str]] = []
@@ -301,12 +303,12 @@ class GitStore(StoreReader):
                 Run.from_dict(run)  # a run file that could not be read back is never written
                 body = (_dumps(run) + "\n").encode()
                 span_blob = "".join(_dumps(s) + "\n" for s in spans).encode() if spans else None
-                format_index_line(run)
+                line = format_index_line(run)
             except Exception as exc:  # noqa: BLE001 - any failure makes the item poison
                 shown = rid if isinstance(rid, str) and len(rid) <= 80 else repr(rid)[:80]
                 rejected.append((index, shown, f"{type(exc).__name__}: {exc}"[:300]))
                 continue
-            out[run_id] = (run, body, span_blob)
+            out[run_id] = (run, body, span_blob, line)
         if rejected:
             raise PoisonRecords(rejected)
         return out
@@ -334,14 +336,14 @@ class GitStore(StoreReader):
                 return None
             files: dict[str, bytes] = {}
             for run_id in new_ids:
-                _, body, span_blob = prepared[run_id]
+                _, body, span_blob, _ = prepared[run_id]
                 files[run_path(run_id, RUN_FILE)] = body
                 if span_blob is not None:
                     files[run_path(run_id, SPANS_FILE)] = span_blob
             max_id = max(new_ids[-1], self._max_id_below(tip)) if tip else new_ids[-1]
             count = self.run_count(tip) + len(new_ids)
             title = f"otel-runs: record {len(new_ids)} run{'s' if len(new_ids) != 1 else ''}"
-            lines = [format_index_line(prepared[run_id][0]) for run_id in reversed(new_ids)]
+            lines = [prepared[run_id][3] for run_id in reversed(new_ids)]
             message = (f"{title}\n\n" + "\n".join(lines)
                        + f"\n\n{MAX_ID_TRAILER}: {max_id}\n{COUNT_TRAILER}: {count}\n")
             commit = fi.commit(tip.oid.hex() if tip else None, message.encode("utf-8"), files,

@@ -9,6 +9,7 @@ import re
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .._ids import InvalidRunId, validate_run_id
 from .._model import Run
@@ -146,6 +147,11 @@ def verify_ledger(project_root: str | os.PathLike[str], *, branch: str = DEFAULT
             if on_progress:
                 on_progress(1)
     report.runs = len(run_ids)
+    from ._ledger import journal_dir_for
+    from ._quarantine import quarantined
+
+    report.quarantined = len(quarantined(journal_dir_for(git_common_dir(cwd), branch,
+                                                         tag_prefix)))
     if has_branch:
         message = run_git(cwd, "log", "-1", "--format=%B", f"refs/heads/{branch}").stdout
         said = _COUNT_RE.search(message)
@@ -178,6 +184,12 @@ def verify_ledger(project_root: str | os.PathLike[str], *, branch: str = DEFAULT
         if tags and on_progress:
             on_progress(1)
     return report
+
+
+def git_common_dir(cwd: os.PathLike[str] | str) -> Path:
+    """The repository's common git dir (where the journals are)."""
+    out = run_git(cwd, "rev-parse", "--path-format=absolute", "--git-common-dir").stdout
+    return Path(out.strip())
 
 
 def _check_file(path: str, data: bytes, report: VerifyReport) -> str | None:

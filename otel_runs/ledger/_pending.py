@@ -1,0 +1,195 @@
+"""The runs a process finished and has not committed yet.
+
+Each :class:`~otel_runs.ledger.Ledger` keeps its own in a :class:`PendingQueue`
+(in commit order; its committer takes batches from the front). The queues are
+also shared, process-wide, by journal directory (that is: git common dir, branch
+and tag prefix), so that every Ledger of the same ledger opened in this process
+reads the runs any of them finished (:func:`shared_entries`).
+
+An entry keeps the journal line only; its record, Run dict and child spans are
+decoded from it when first needed, so what a reader sees, what is committed and
+what recovery would read back are the same data.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from typing import Any, Protocol
+
+from ._journal_records import decode_line, run_dict
+
+__all__ = ["Pending", "PendingQueue", "share", "shared_entries", "shared_entry"]
+
+
+class Pending:
+    """A run finished here, not committed yet. ``segment`` is the journal segment its
+    line is in, or -1 while it could not be journaled (it is only in memory)."""
+
+    __slots__ = ("run_id", "line", "segment", "failures", "solo_failures", "failed_mark",
+                 "_rec", "_run")
+
+    def __init__(self, run_id: str, line: bytes, segment: int) -> None:
+        self.run_id, self.line, self.segment = run_id, line, segment
+        self.failures = 0  # commits of a batch holding it that failed
+        self.solo_failures = 0  # ... of a batch of it alone
+        self.failed_mark = -1  # the ledger's commit count when it first failed
+        self._rec: dict[str, Any] | None = None
+        self._run: dict[str, Any] | None = None
+
+    def record(self) -> dict[str, Any]:
+        """The journal record (decoded once); ``ValueError`` if unreadable."""
+        if self._rec is None:
+            self._rec = decode_line(self.line)
+        return self._rec
+
+    def run(self) -> dict[str, Any]:
+        """The ``Run.to_dict()``; ``ValueError`` if no Run can be built (poison)."""
+        if self._run is None:
+            self._run = run_dict(self.record())
+        return self._run
+
+    def readable_run(self) -> dict[str, Any] | None:
+        """:meth:`run`, or None for a record that cannot be read (for readers)."""
+        try:
+            return self.run()
+        except ValueError:
+            return None
+
+    def spans(self) -> list[dict[str, Any]]:
+        """The child spans journaled with the run."""
+        try:
+            spans = self.record().get("spans")
+        except ValueError:
+            return []
+        return spans if isinstance(spans, list) else []
+
+
+class PendingQueue:
+    """One Ledger's pending runs by id, in commit order; ``cond`` guards it (and is
+    what its committer waits on)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self._entries: dict[str, Pending] = {}
+        #: When the oldest run of the current batch became pending (monotonic).
+        self.first_at = 0.0
+        #: How many pending runs are not in the journal (only in this process's memory).
+        self.unjournaled = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, entry: Pending) -> int:
+        """Add (or replace) ``entry``; return how many are pending. Under ``cond``."""
+        old = self._entries.pop(entry.run_id, None)
+        if old is not None and old.segment < 0:
+            self.unjournaled -= 1
+        self._entries[entry.run_id] = entry
+        if entry.segment < 0:
+            self.unjournaled += 1
+        return len(self._entries)
+
+    def get(self, run_id: str) -> Pending | None:
+        """The pending entry of ``run_id``. Under ``cond``."""
+        return self._entries.get(run_id)
+
+    def snapshot(self) -> list[Pending]:
+        """Every entry, in commit order. Under ``cond``."""
+        return list(self._entries.values())
+
+    def take(self, limit: int) -> list[Pending]:
+        """The first ``limit`` entries (they stay pending until :meth:`remove`). Under ``cond``."""
+        out: list[Pending] = []
+        for entry in self._entries.values():
+            if len(out) >= limit:
+                break
+            out.append(entry)
+        return out
+
+    def requeue(self, entry: Pending) -> None:
+        """Move ``entry`` to the back (others go first next time). Under ``cond``."""
+        if self._entries.get(entry.run_id) is entry:
+            del self._entries[entry.run_id]
+            self._entries[entry.run_id] = entry
+
+    def remove(self, entries: list[Pending]) -> list[int]:
+        """Drop the entries (committed or quarantined) still pending; return the journal
+        segments of those that were journaled, one per run. Under ``cond``."""
+        segments: list[int] = []
+        for entry in entries:
+            if self._entries.get(entry.run_id) is entry:
+                del self._entries[entry.run_id]
+                if entry.segment >= 0:
+                    segments.append(entry.segment)
+                else:
+                    self.unjournaled -= 1
+        return segments
+
+    def unjournaled_entries(self) -> list[Pending]:
+        """The entries only in memory, oldest first. Under ``cond``."""
+        return [e for e in self._entries.values() if e.segment < 0] if self.unjournaled else []
+
+    def mark_journaled(self, entry: Pending, segment: int) -> bool:
+        """``entry`` was journaled again, into ``segment``; False if it is no longer
+        pending (committed meanwhile: the caller releases that segment). Under ``cond``."""
+        if self._entries.get(entry.run_id) is not entry or entry.segment >= 0:
+            return False
+        entry.segment = segment
+        self.unjournaled -= 1
+        return True
+
+
+class _Owner(Protocol):
+    pending: PendingQueue
+    _pid: int
+
+
+_sharing: dict[str, weakref.WeakSet[Any]] = {}
+_sharing_lock = threading.Lock()
+
+
+def share(key: str, owner: _Owner) -> None:
+    """Let every Ledger of ``key`` (its journal directory) read ``owner``'s pending runs."""
+    with _sharing_lock:
+        _sharing.setdefault(key, weakref.WeakSet()).add(owner)
+
+
+def shared_entries(key: str) -> list[Pending]:
+    """The pending runs of every Ledger of ``key`` in this process."""
+    with _sharing_lock:
+        owners = list(_sharing.get(key, ()))
+    pid = os.getpid()
+    out: list[Pending] = []
+    for owner in owners:
+        if owner._pid != pid:  # a forked child's copy of the parent's: not ours
+            continue
+        queue = owner.pending
+        with queue.cond:
+            out.extend(queue.snapshot())
+    return out
+
+
+def shared_entry(key: str, run_id: str) -> Pending | None:
+    """The pending entry of ``run_id`` in any Ledger of ``key`` in this process."""
+    with _sharing_lock:
+        owners = list(_sharing.get(key, ()))
+    pid = os.getpid()
+    for owner in owners:
+        if owner._pid != pid:
+            continue
+        queue = owner.pending
+        with queue.cond:
+            entry = queue.get(run_id)
+        if entry is not None:
+            return entry
+    return None
+
+
+def _after_fork_in_child() -> None:
+    global _sharing_lock
+    _sharing_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
