@@ -169,6 +169,7 @@ def span_events(span: ReadableSpan) -> list[dict[str, Any]]:
 
 _FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Run))
 _FIELD_SET = frozenset(_FIELD_NAMES)
+_FIELD_SET = frozenset(_FIELD_NAMES)
 
 
 def _copy_json(value: Any) -> Any:

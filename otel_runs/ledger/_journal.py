@@ -111,6 +111,8 @@ class JournalWriter:
 
     def _init_state(self) -> None:
         self._lock = threading.Condition(threading.Lock())
+        self._read_lock = threading.Lock()
+        self._read_fds: dict[int, int] = {}  # segment -> descriptor for read_back
         self._writer_id: str | None = None
         self._lock_fd: int | None = None
         self._fd: int | None = None
@@ -227,7 +229,12 @@ class JournalWriter:
     def append_end(self, run_id: str, line: bytes) -> int:
         """Durably append ``line`` (an ``end`` record) for a finished run; return the
         segment it went to. Raises ``OSError`` if it cannot be written (or synced)."""
+        return self.append_end_at(run_id, line)[0]
+
+    def append_end_at(self, run_id: str, line: bytes) -> tuple[int, int]:
+        """:meth:`append_end`, returning ``(segment, offset of the line in it)``."""
         with self._lock:
+            offset = self._size
             self._write_locked(line)
             mine = self._written
             segment = self._segment
@@ -239,7 +246,31 @@ class JournalWriter:
                 except OSError:  # not durable: the caller keeps it as unjournaled
                     self._uncommitted[segment] -= 1
                     raise
-        return segment
+        return segment, offset
+
+    def read_back(self, segment: int, offset: int, length: int) -> bytes:
+        """The ``length`` bytes at ``offset`` of one of this writer's segments (a line
+        :meth:`append_end_at` wrote and that is not committed yet); b"" if gone. One read
+        descriptor per segment is kept until the segment is deleted."""
+        try:
+            with self._read_lock:
+                fd = self._read_fds.get(segment)
+                if fd is None:
+                    fd = os.open(self._segment_path(segment), os.O_RDONLY | os.O_CLOEXEC)
+                    self._read_fds[segment] = fd
+                return os.pread(fd, length, offset)
+        except (OSError, TypeError):
+            return b""
+
+    def _close_readers(self, segments: list[int] | None = None) -> None:
+        with self._read_lock:
+            for seg in list(self._read_fds) if segments is None else segments:
+                fd = self._read_fds.pop(seg, None)
+                if fd is not None:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
 
     def _sync_upto_locked(self, target: int) -> None:
         """Group commit: one caller fsyncs for everyone who wrote before it."""
@@ -284,6 +315,7 @@ class JournalWriter:
                     if count <= 0 and (seg != self._segment or self._fd is None):
                         self._segment_path(seg).unlink(missing_ok=True)
                         del self._uncommitted[seg]
+                        self._close_readers([seg])
 
     @property
     def open_runs(self) -> int:
@@ -311,18 +343,20 @@ class JournalWriter:
                 os.close(self._fd)
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
+            self._close_readers()
             self._init_state()
             return True
 
     def reset_after_fork(self) -> None:
         """In a forked child: drop the parent's files (closing our copies of its
         descriptors, never unlocking them) and start afresh on the next append."""
-        for fd in (self._fd, self._lock_fd):
+        for fd in (self._fd, self._lock_fd, *self._read_fds.values()):
             if fd is not None:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
+        self._read_fds = {}
         self._init_state()
 
 

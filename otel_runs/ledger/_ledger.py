@@ -41,7 +41,7 @@ from ._committer import (
 )
 from ._journal import JournalUnavailable, JournalWriter
 from ._journal_records import encode_record, raw_span
-from ._pending import Pending, PendingQueue, share
+from ._pending import KEEP_LINES, Pending, PendingQueue, share
 from ._quarantine import Quarantined, quarantined
 from ._reads import Reading
 from ._recovery import RECOVER_INTERVAL, Recovering
@@ -223,11 +223,13 @@ class Ledger(Reading, Recovering, Committing):
                          f"malformed run id {_shown(run_id)!r}", queued=False)
             return
         error: OSError | None = None
+        offset = -1
         try:
-            segment = self._journal.append_end(run_id, line)
+            segment, offset = self._journal.append_end_at(run_id, line)
         except OSError as exc:
             segment, error = -1, exc
-        entry = Pending(run_id, line, segment)
+        spill = segment >= 0 and len(self.pending) >= KEEP_LINES
+        entry = Pending(run_id, line, segment, self._journal if spill else None, offset)
         with self._cond:
             if not len(self.pending):
                 self.pending.first_at = time.monotonic()

@@ -8,7 +8,10 @@ reads the runs any of them finished (:func:`shared_entries`).
 
 An entry keeps the journal line only; its record, Run dict and child spans are
 decoded from it when first needed, so what a reader sees, what is committed and
-what recovery would read back are the same data.
+what recovery would read back are the same data. Past ``KEEP_LINES`` pending runs,
+a journaled line is not kept in memory at all: the entry notes where it is in its
+segment and reads it back when committed or read, so a backlog (commits slower
+than runs for a while) costs ~150 bytes a run, not the line.
 """
 
 from __future__ import annotations
@@ -20,23 +23,44 @@ from typing import Any, Protocol
 
 from ._journal_records import decode_line, run_dict
 
-__all__ = ["Pending", "PendingQueue", "share", "shared_entries", "shared_entry"]
+#: Pending runs whose journal lines are kept in memory; later ones are read back.
+KEEP_LINES = 4_000
+
+__all__ = ["KEEP_LINES", "Pending", "PendingQueue", "share", "shared_entries", "shared_entry"]
+
+
+class _Source(Protocol):
+    def read_back(self, segment: int, offset: int, length: int) -> bytes: ...
 
 
 class Pending:
     """A run finished here, not committed yet. ``segment`` is the journal segment its
     line is in, or -1 while it could not be journaled (it is only in memory)."""
 
-    __slots__ = ("run_id", "line", "segment", "failures", "solo_failures", "failed_mark",
-                 "_rec", "_run")
+    __slots__ = ("run_id", "_line", "segment", "failures", "solo_failures", "failed_mark",
+                 "_rec", "_run", "_source", "_offset", "_length")
 
-    def __init__(self, run_id: str, line: bytes, segment: int) -> None:
-        self.run_id, self.line, self.segment = run_id, line, segment
+    def __init__(self, run_id: str, line: bytes, segment: int,
+                 source: _Source | None = None, offset: int = 0) -> None:
+        self.run_id, self.segment = run_id, segment
+        #: A journaled line is not kept in memory when many runs are pending: ``source`` (the
+        #: journal writer, shared by all entries) reads it back from its segment at ``offset``.
+        self._source = source
+        self._offset, self._length = offset, len(line)
+        self._line: bytes | None = None if source is not None else line
         self.failures = 0  # commits of a batch holding it that failed
         self.solo_failures = 0  # ... of a batch of it alone
         self.failed_mark = -1  # the ledger's commit count when it first failed
         self._rec: dict[str, Any] | None = None
         self._run: dict[str, Any] | None = None
+
+    @property
+    def line(self) -> bytes:
+        """The journal line (read back from its segment if it was not kept in memory)."""
+        if self._line is not None:
+            return self._line
+        assert self._source is not None
+        return self._source.read_back(self.segment, self._offset, self._length)
 
     def record(self) -> dict[str, Any]:
         """The journal record (decoded once); ``ValueError`` if unreadable."""
