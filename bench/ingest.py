@@ -1,6 +1,7 @@
 """Ingest throughput: runs recorded durably per second, shipped path vs a naive one.
 
     python bench/ingest.py [--runs 6000] [--naive 200] [--seconds 20] [--durability journal]
+                           [--existing 100000] [--turns 3] [--turn-runs 4000]
 
 In one process, on fresh git repositories in a temp dir:
   shipped  ``tracked_run`` end to end through ``configure()``: each run is durable
@@ -12,7 +13,8 @@ In one process, on fresh git repositories in a temp dir:
            database, a private index file, write-tree, Commit.create_from_tree
            with explicit parents, update-ref with the old value, create_tag).
 Prints runs/s of each and the ratios (goals: shipped >= 40x naive, >= 3,000 runs/s
-end to end on 2 cores). Loops are bounded by count and by ``--seconds``.
+end to end on 2 cores), and the committed throughput on an empty ledger vs one with
+``--existing`` (100k) runs already, taking turns (goal: within 1.5x). Loops are bounded by count and by ``--seconds``.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timedelta, timezone
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -68,6 +72,26 @@ def shipped(repo: Path, runs: int, seconds: float, durability: str) -> dict[str,
     return {"runs": n, "durable_s": durable, "committed_s": committed}
 
 
+def prefill(repo: Path, runs: int) -> None:
+    """``runs`` runs already on the ledger (written through the store in batches of 5,000)."""
+    from otel_runs._ids import new_run_id
+    from otel_runs.ledger._store import GitStore
+
+    start = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    with GitStore(repo, fsync=False) as store:
+        for first in range(0, runs, 5_000):
+            batch = []
+            for i in range(first, min(first + 5_000, runs)):
+                batch.append(({"run_id": new_run_id(start + timedelta(seconds=i)),
+                               "type": "deploy", "subtype": "deploy:k8s", "status": "ok",
+                               "summary": f"earlier run {i}", "started_at": "", "ended_at": None,
+                               "duration_ms": 1.0, "metadata": {}, "trace_id": "",
+                               "span_id": "", "parent_run_id": None, "service": "bench",
+                               "events": []}, []))
+            store.write_batch(batch)
+        store.maintenance()
+
+
 def naive(repo: Path, items: list[dict[str, Any]]) -> float:
     """One commit + one tag per run through gitpython; returns seconds."""
     r = git.Repo(repo)
@@ -100,6 +124,10 @@ def main() -> None:
     parser.add_argument("--naive", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=20.0, help="bound on the shipped loop")
     parser.add_argument("--durability", choices=("journal", "fsync"), default="journal")
+    parser.add_argument("--existing", type=int, default=100_000,
+                        help="runs already on the ledger for the scale comparison")
+    parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--turn-runs", type=int, default=4_000)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.pop("OTEL_RUNS_COMMIT_INTERVAL", None)
@@ -110,6 +138,21 @@ def main() -> None:
     items = [r.to_dict() for r, _ in zip(ledger.iter_runs(), range(args.naive), strict=False)]
     otel_runs.shutdown()
     naive_s = naive(new_repo(tmp / "naive"), items)
+
+    # Committed throughput with --existing runs already on the ledger vs an empty one, taking
+    # turns (empty, full, empty, full, ...) so the machine's noise hits both alike.
+    full_repo = new_repo(tmp / "full")
+    t0 = time.perf_counter()
+    prefill(full_repo, args.existing)
+    print(f"(prefilled {args.existing:,} runs in {time.perf_counter() - t0:.0f} s)")
+    empty_rates: list[float] = []
+    full_rates: list[float] = []
+    for turn in range(args.turns):
+        for repo, rates in ((new_repo(tmp / f"empty-{turn}"), empty_rates), (full_repo, full_rates)):
+            r = shipped(repo, args.turn_runs, args.seconds, args.durability)
+            rates.append(r["runs"] / r["committed_s"])
+            otel_runs.shutdown()
+    empty_rate, full_rate = statistics.median(empty_rates), statistics.median(full_rates)
 
     n = got["runs"]
     durable_rate = n / got["durable_s"]
@@ -122,6 +165,9 @@ def main() -> None:
     print(f"ratio durable/naive   = {durable_rate / naive_rate:6.1f}x  (goal >= 40x)")
     print(f"ratio committed/naive = {committed_rate / naive_rate:6.1f}x  (goal >= 40x)")
     print(f"end to end (durable) {durable_rate:.0f} runs/s (goal >= 3000 on 2 cores)")
+    print(f"committed runs/s, {args.turns} turns of {args.turn_runs:,}: empty ledger "
+          f"{empty_rate:.0f}, {args.existing:,} runs already {full_rate:.0f}: empty/full = "
+          f"{empty_rate / full_rate:.2f} (goal <= 1.5)")
 
 
 if __name__ == "__main__":
