@@ -19,7 +19,7 @@ from .._ratelimit import RateLimitedLog
 from ._commits import BatchSizer, write_isolating
 from ._errors import PoisonRecords
 from ._journal import JournalWriter
-from ._pending import Pending, PendingQueue
+from ._pending import Pending, PendingQueue, load_lines
 from ._quarantine import quarantine
 
 __all__ = ["Committing", "commit_interval", "commit_process", "OTEL_RUNS_COMMIT_INTERVAL",
@@ -171,6 +171,7 @@ class Committing:
         """Write ``entries`` to the branch: in the helper process when the batch
         is big enough to be worth it (see ``OTEL_RUNS_COMMIT_PROCESS``), else here.
         Raises ``PoisonRecords`` for entries that can never be written."""
+        load_lines(entries)
         if self._use_helper(len(entries)):
             helper = self._ensure_helper()
             if helper is not None:

@@ -26,7 +26,8 @@ from ._journal_records import decode_line, run_dict
 #: Pending runs whose journal lines are kept in memory; later ones are read back.
 KEEP_LINES = 4_000
 
-__all__ = ["KEEP_LINES", "Pending", "PendingQueue", "share", "shared_entries", "shared_entry"]
+__all__ = ["KEEP_LINES", "Pending", "PendingQueue", "load_lines", "share", "shared_entries",
+           "shared_entry"]
 
 
 class _Source(Protocol):
@@ -88,6 +89,26 @@ class Pending:
         except ValueError:
             return []
         return spans if isinstance(spans, list) else []
+
+
+def load_lines(entries: list[Pending]) -> None:
+    """Read the lines of spilled entries back, one read per segment for the whole range they
+    span (consecutive runs sit side by side in their segment): not one system call per run,
+    each of which would give up the GIL to the request threads."""
+    groups: dict[tuple[int, int], list[Pending]] = {}
+    for entry in entries:
+        if entry._line is None and entry._source is not None:
+            groups.setdefault((id(entry._source), entry.segment), []).append(entry)
+    for group in groups.values():
+        start = min(e._offset for e in group)
+        end = max(e._offset + e._length for e in group)
+        source = group[0]._source
+        assert source is not None
+        data = source.read_back(group[0].segment, start, end - start)
+        if len(data) != end - start:
+            continue  # (gone: each entry reads its own line, and fails, as before)
+        for entry in group:
+            entry._line = data[entry._offset - start : entry._offset - start + entry._length]
 
 
 class PendingQueue:
