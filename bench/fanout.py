@@ -245,7 +245,7 @@ class _Stream:
         self.reconnects += 1
         sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
         header = f"Last-Event-ID: {self.last_id}\r\n" if self.last_id else ""
-        sock.sendall(f"GET /api/events HTTP/1.1\r\nHost: b\r\n{header}\r\n".encode())
+        sock.sendall(f"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n{header}\r\n".encode())
         sock.setblocking(False)
         self.sock, self._buf, self._tail = sock, b"", b""
         return sock

@@ -39,7 +39,7 @@ def measure(workdir: Path, runs: int, posters: int, deadline: float, stalled: bo
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.connect(("127.0.0.1", server.port))
-            sock.sendall(b"GET /api/events HTTP/1.1\r\nHost: b\r\n\r\n")
+            sock.sendall(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             time.sleep(0.5)
         before = server.rss_kb()
         rate, _ = post_runs(server.port, runs, posters, deadline)

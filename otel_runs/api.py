@@ -6,13 +6,17 @@
 - ``GET /api/runs/recent?limit=50&type=&status=``: newest first, ``limit`` <= 500.
 - ``GET /api/runs/<run_id>``: the run with its events and child spans.
 - ``GET /api/runs/search?q=&limit=10``: ``@run:`` autocomplete items.
-- ``GET /runs``: the live runs page.
+- ``GET /runs``: the live runs page (its script and style: ``/runs/assets/<name>``).
 
-Runs are read through the ledger API only. Every error is JSON. The optional
-``authorize(request) -> bool`` of ``RunTracking`` guards all of it (403).
+Runs are read through the ledger API only. Every error is JSON, also for unknown
+``/api/...`` paths. The optional ``authorize(request) -> bool`` of ``RunTracking``
+guards all of it (403); without it only loopback clients with a local ``Host`` are
+answered, unless ``OTEL_RUNS_API_PUBLIC=1``. Every response carries a strict CSP
+and the other headers of :func:`otel_runs.web_security.set_security_headers`.
 
 App config (``app.config``, defaults set at registration):
-``OTEL_RUNS_SSE_HEARTBEAT`` (15.0 s between heartbeat comments),
+``OTEL_RUNS_FRAME_ANCESTORS`` (``'none'``: who may frame the page),
+``OTEL_RUNS_API_PUBLIC`` (off), ``OTEL_RUNS_SSE_HEARTBEAT`` (15.0 s between heartbeat comments),
 ``OTEL_RUNS_SSE_BUFFER`` (1000 events kept for replay),
 ``OTEL_RUNS_SSE_CLIENT_QUEUE`` (256 events a client may lag before it is dropped...),
 ``OTEL_RUNS_SSE_SLOW_AFTER`` (...once its stream has not come back for 2.0 s),
@@ -35,7 +39,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import _settings
+from . import _settings, web_security
 from ._ids import InvalidRunId, validate_run_id
 from ._model import STATUSES, Run
 from ._taxonomy import RUN_TYPES
@@ -52,6 +56,8 @@ MAX_RECENT_LIMIT = 500
 MAX_SEARCH_LIMIT = 50
 _MAX_QUERY = 200
 _STATIC = Path(__file__).with_name("static")
+#: The page's own files, served by ``/runs/assets/<name>``.
+_ASSETS = {"runs.js": "text/javascript", "runs.css": "text/css"}
 
 blueprint = Blueprint("otel_runs", __name__)
 
@@ -74,7 +80,13 @@ def _error(status: int, message: str) -> Response:
     resp = jsonify({"error": message, "status": status})
     resp.status_code = status
     resp.headers["Cache-Control"] = "no-store"
-    return resp
+    return _secured(resp)
+
+
+def _secured(resp: Response) -> Response:
+    ancestors = web_security.frame_ancestors(current_app)
+    return web_security.set_security_headers(
+        resp, web_security.content_security_policy(ancestors), ancestors)
 
 
 @blueprint.errorhandler(ApiError)
@@ -95,17 +107,21 @@ def _unexpected(exc: Exception) -> Response:
 
 @blueprint.before_request
 def _authorize() -> Response | None:
+    """``authorize(request)`` when given; else ``OTEL_RUNS_API_PUBLIC``, else loopback only."""
     state = current_app.extensions["otel_runs"]
     check = getattr(state.ext, "authorize", None)
-    if check is not None and not check(request):
-        return _error(403, "forbidden")
-    return None
+    if check is not None:
+        return None if check(request) else _error(403, "forbidden")
+    if web_security.api_public(current_app):
+        return None
+    problem = web_security.private_problem(request)
+    return _error(*problem) if problem else None
 
 
 @blueprint.after_request
 def _no_store(resp: Response) -> Response:
     resp.headers.setdefault("Cache-Control", "no-store")
-    return resp
+    return _secured(resp)
 
 
 # -- ledger access --------------------------------------------------------------
@@ -127,13 +143,13 @@ def _ledger() -> Any:
 
 
 def _int_arg(name: str, default: int, maximum: int) -> int:
+    """ASCII digits only (``int()`` would take "\uff15", "1_0", "+5", " 5")."""
     raw = request.args.get(name, "")
-    if raw.strip() == "":
+    if raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, f"{name} must be an integer from 1 to {maximum}, got {raw[:40]!r}") from None
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
+        raise ApiError(400, f"{name} must be an integer from 1 to {maximum}, got {raw[:40]!r}")
+    value = int(raw)
     if not 1 <= value <= maximum:
         raise ApiError(400, f"{name} must be from 1 to {maximum}, got {value}")
     return value
@@ -276,14 +292,26 @@ def _stream(hub: Hub, sub: Subscription, heartbeat: float, retry_ms: int, linger
 
 @blueprint.get("/runs")
 def runs_page() -> Response:
-    """The live runs page (self-contained HTML)."""
+    """The live runs page: HTML, its config as a JSON data block (never executed),
+    script and style from ``/runs/assets/`` (no inline script: the CSP forbids it)."""
     html = (_STATIC / "runs.html").read_text(encoding="utf-8")
     config = {"traceUrl": trace_url_template(), "api": request.script_root + "/api",
               "types": sorted(RUN_TYPES), "statuses": list(STATUSES)}
-    html = html.replace("/*__OTEL_RUNS_CONFIG__*/null",
-                        json.dumps(config).replace("<", "\\u003c"))
+    html = html.replace("__OTEL_RUNS_ASSETS__", request.script_root + "/runs/assets")
+    html = html.replace("__OTEL_RUNS_CONFIG__", json.dumps(config).replace("<", "\\u003c"))
     resp = Response(html, mimetype="text/html")
     resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+@blueprint.get("/runs/assets/<name>")
+def runs_asset(name: str) -> Response:
+    """The page's script and style."""
+    mimetype = _ASSETS.get(name)
+    if mimetype is None:
+        raise ApiError(404, f"no such asset {name[:60]!r}")
+    resp = Response((_STATIC / name).read_bytes(), mimetype=mimetype)
+    resp.headers["Cache-Control"] = "no-cache"
     return resp
 
 
@@ -317,25 +345,50 @@ def register(app: Flask, state: Any) -> None:
         _setup.add_app_processor(proc, state.project_root,
                                  ledger=state.ext.configure_kwargs.get("ledger"))
         state.extra["sse_processor"] = proc
+    app.config.setdefault(web_security.FRAME_ANCESTORS_CONFIG, "'none'")
+    web_security.frame_ancestors(app)  # a bad value fails now, not at the first request
     if "otel_runs" not in app.blueprints:
         app.register_blueprint(blueprint)
         for code in (404, 405):
             _json_routing_errors(app, code)
+        _log_access(app, state)
+
+
+def _log_access(app: Flask, state: Any) -> None:
+    """One line at start-up: who the API, stream and page answer."""
+    if getattr(state.ext, "authorize", None) is not None:
+        logger.info("otel-runs: %s: /api/runs, /api/events and /runs are guarded by "
+                    "authorize=", app.import_name)
+    elif web_security.api_public(app):
+        logger.warning("otel-runs: %s: /api/runs, /api/events and /runs answer every client "
+                       "(OTEL_RUNS_API_PUBLIC=1): keep them behind your own authentication",
+                       app.import_name)
+    else:
+        logger.info("otel-runs: %s: /api/runs, /api/events and /runs answer loopback clients "
+                    "only (RunTracking(authorize=...) or OTEL_RUNS_API_PUBLIC=1 to change)",
+                    app.import_name)
+
+
+def _is_own_path(path: str) -> bool:
+    """Paths of otel-runs' API: always answered with JSON errors."""
+    return (path in ("/api/runs", "/api/events") or path.startswith("/api/runs/")
+            or path.startswith("/api/events/"))
 
 
 def _is_api_path(path: str) -> bool:
-    return path.startswith("/api/runs") or path == "/api/events"
+    return path == "/api" or path.startswith("/api/")
 
 
 def _json_routing_errors(app: Flask, code: int) -> None:
-    """Answer routing errors (404/405, which never reach blueprint handlers) on the
-    API's paths as JSON; any other path gets what the app gave before (its own
-    handler for that code, else Flask's default)."""
+    """Answer routing errors (404/405, which never reach blueprint handlers) as JSON
+    on otel-runs' paths, and on any other ``/api/...`` path unless the app has its
+    own handler for that code; elsewhere the app's handler, else Flask's default."""
     handlers = app.error_handler_spec.get(None, {}).get(code, {})
     previous = next(iter(handlers.values()), None)
 
     def handle(exc: HTTPException) -> Any:
-        if _is_api_path(request.path):
+        path = request.path
+        if _is_own_path(path) or (previous is None and _is_api_path(path)):
             return _error(exc.code or code, exc.description or exc.name)
         return previous(exc) if previous is not None else exc
 

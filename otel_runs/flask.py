@@ -27,13 +27,20 @@ class RunTracking:
     else the current directory), calls :func:`otel_runs.configure` for it,
     instruments the app with opentelemetry-instrumentation-flask and registers
     the runs API, event stream, live page and ``flask runs`` commands.
-    ``authorize(request) -> bool`` guards the API, stream and page (403 when False).
+
+    ``authorize(request) -> bool`` guards the API, stream and page (403 when False);
+    without it they answer loopback clients only (unless ``OTEL_RUNS_API_PUBLIC=1``).
+    ``protect=True`` refuses, app-wide, requests whose ``Host`` is not this server
+    and state-changing requests that are not same-origin (see
+    :mod:`otel_runs.web_security`).
     """
 
     def __init__(self, app: Flask | None = None, *,
                  authorize: Callable[[Request], bool] | None = None,
-                 actions: Iterable[Any] | None = None, **configure_kwargs: Any) -> None:
+                 actions: Iterable[Any] | None = None, protect: bool = False,
+                 **configure_kwargs: Any) -> None:
         self.authorize = authorize
+        self.protect = protect
         self.actions = list(actions) if actions is not None else None
         self.configure_kwargs = configure_kwargs
         if app is not None:
@@ -88,8 +95,9 @@ from ._wiring import ActionNotRouted, wire_actions, wire_pending  # noqa: E402
 
 
 def _register_builtin_hooks() -> None:
-    from . import _wiring, api, cli
+    from . import _wiring, api, cli, web_security
 
+    _register_app_hook(web_security.register)  # RunTracking(app, protect=True)
     _register_app_hook(_wiring.register)  # RunTracking(app, actions=...) wiring
     _register_app_hook(api.register)      # hub, SSE processor, /api/runs, /api/events, /runs
     _register_app_hook(cli.register)      # flask runs ...

@@ -326,8 +326,9 @@ def test_real_demo_subprocess_records_runs_readable_by_the_cli(tmp_path: Path) -
                             stderr=subprocess.PIPE, text=True, env=_env())
     try:
         _wait_http(f"http://127.0.0.1:{port}/", proc)
-        resp = requests.post(f"http://127.0.0.1:{port}/git/commit",
-                             json={"message": "from the test"}, timeout=60).json()
+        resp = requests.post(f"http://127.0.0.1:{port}/git/commit",  # the demo's page sends it
+                             json={"message": "from the test"}, headers={"X-Otel-Runs-CSRF": "1"},
+                             timeout=60).json()
         assert resp["ok"] and resp["summary"].startswith("Committed")
 
         def listed() -> Any:

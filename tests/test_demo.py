@@ -16,6 +16,7 @@ from otel_runs.demo import DemoDirError, create_demo_app
 from otel_runs.demo._routes import DEFAULT_PASSPHRASE
 from otel_runs.inventory import ACTIONS
 from otel_runs.ledger import ledger_for
+from otel_runs.web_security import CSRF_HEADER
 
 #: With failure_rate=0, clicking the inventory top to bottom, these fail for a real reason.
 EXPECTED_FAILURES = {
@@ -23,6 +24,17 @@ EXPECTED_FAILURES = {
     "test:run": "no tests yet",  # the test template comes later in the inventory
     "restore:vault": "nothing to import",  # the export comes after the import
 }
+
+
+#: What the demo's own page sends (a client without Origin / Sec-Fetch-Site must).
+SAME_ORIGIN = {CSRF_HEADER: "1"}
+
+
+def _client(app: Any) -> Any:
+    """A test client that sends the header the demo asks of non-browser clients."""
+    client = app.test_client()
+    client.environ_base["HTTP_X_OTEL_RUNS_CSRF"] = "1"
+    return client
 
 
 def _path(route: str) -> str:
@@ -39,6 +51,7 @@ def test_every_inventory_route_answers_and_records_exactly_one_run(demo: Any,
     server = live_server(demo)
     answers: dict[str, tuple[str, Any]] = {}
     with requests.Session() as http:
+        http.headers.update(SAME_ORIGIN)
         for action in ACTIONS:
             resp = http.post(server.url + _path(action.route), json={}, timeout=60)
             assert resp.status_code == 200, (action.route, resp.text[:300])
@@ -73,13 +86,17 @@ def test_secrets_are_redacted_in_the_ledger(demo: Any, live_server: Any) -> None
     server = live_server(demo)
     secret = "my very secret passphrase 42"
     enc = requests.post(server.url + "/content/encrypt",
-                        json={"passphrase": secret, "text": "hello"}, timeout=30).json()
+                        json={"passphrase": secret, "text": "hello"}, headers=SAME_ORIGIN,
+                        timeout=30).json()
     assert enc["ok"] and enc["ciphertext"] and "hello" not in enc["ciphertext"]
-    dec = requests.post(server.url + "/content/decrypt", json={"passphrase": secret}, timeout=30)
+    dec = requests.post(server.url + "/content/decrypt", json={"passphrase": secret},
+                        headers=SAME_ORIGIN, timeout=30)
     assert dec.json()["plaintext"] == "hello"
-    wrong = requests.post(server.url + "/content/decrypt", json={"passphrase": "nope"}, timeout=30)
+    wrong = requests.post(server.url + "/content/decrypt", json={"passphrase": "nope"},
+                          headers=SAME_ORIGIN, timeout=30)
     assert wrong.json()["ok"] is False
-    env = requests.post(server.url + "/infra/env/generate-env", json={}, timeout=30).json()
+    env = requests.post(server.url + "/infra/env/generate-env", json={}, headers=SAME_ORIGIN,
+                        timeout=30).json()
     otel_runs.flush()
     ledger = ledger_for(demo.config["PROJECT_ROOT"])
     enc_run = ledger.get(enc["run_id"])
@@ -94,7 +111,7 @@ def test_secrets_are_redacted_in_the_ledger(demo: Any, live_server: Any) -> None
 
 
 def test_vault_round_trip_really_encrypts(demo: Any) -> None:
-    client = demo.test_client()
+    client = _client(demo)
     project = Path(demo.config["PROJECT_ROOT"])
     assert client.post("/vault/create", json={}).get_json()["ok"]
     plain = (project / "secrets.env").read_text()
@@ -113,7 +130,7 @@ def test_the_build_stream_run_lasts_as_long_as_its_stream(tmp_path: Path, live_s
     app = create_demo_app(tmp_path / "demo", delay=delay, failure_rate=0)
     server = live_server(app)
     with requests.post(server.url + "/pages/build-stream/docs", json={}, stream=True,
-                       timeout=60) as resp:
+                       headers=SAME_ORIGIN, timeout=60) as resp:
         assert resp.status_code == 200
         assert resp.headers["Content-Type"].startswith("text/event-stream")
         run_id = resp.headers[RUN_ID_HEADER]
@@ -132,7 +149,7 @@ def test_the_build_stream_run_lasts_as_long_as_its_stream(tmp_path: Path, live_s
 
 
 def test_a_failing_stream_fails_its_run(demo: Any, collector: Any) -> None:
-    resp = demo.test_client().post("/pages/build-stream/docs", json={"fail": True})
+    resp = _client(demo).post("/pages/build-stream/docs", json={"fail": True})
     text = resp.get_data(as_text=True)
     assert "event: error" in text
     run_id = resp.headers[RUN_ID_HEADER]
@@ -144,13 +161,13 @@ def test_a_failing_stream_fails_its_run(demo: Any, collector: Any) -> None:
 def test_simulated_failures_are_deterministic(tmp_path: Path, collector: Any) -> None:
     def outcomes(where: str) -> list[bool]:
         app = create_demo_app(tmp_path / where, delay=0, failure_rate=0.5, seed=3)
-        client = app.test_client()
+        client = _client(app)
         return [client.post("/docker/pull", json={}).get_json()["ok"] for _ in range(12)]
 
     first, second = outcomes("a"), outcomes("b")
     assert first == second
     assert True in first and False in first
-    always = create_demo_app(tmp_path / "c", delay=0, failure_rate=0).test_client()
+    always = _client(create_demo_app(tmp_path / "c", delay=0, failure_rate=0))
     body = always.post("/k8s/apply", json={"fail": True}).get_json()
     assert body["ok"] is False and "kubeconfig" in body["summary"]
 
@@ -182,9 +199,9 @@ def test_the_demo_refuses_a_foreign_non_empty_directory(tmp_path: Path) -> None:
 
 def test_a_previous_demo_directory_is_reused(tmp_path: Path) -> None:
     app = create_demo_app(tmp_path / "d", delay=0, failure_rate=0)
-    app.test_client().post("/git/commit", json={"message": "first"})
+    _client(app).post("/git/commit", json={"message": "first"})
     otel_runs.flush()
     otel_runs.shutdown()
     again = create_demo_app(tmp_path / "d", delay=0, failure_rate=0)
-    log = again.test_client().post("/docs/generate/changelog", json={}).get_json()
+    log = _client(again).post("/docs/generate/changelog", json={}).get_json()
     assert log["ok"] and "from 2 commits" in log["summary"]

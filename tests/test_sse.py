@@ -223,7 +223,7 @@ def test_stalled_client_never_blocks_runs_and_catches_up_by_last_event_id(
     stalled = socket.socket()
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stalled.connect(("127.0.0.1", srv.port))
-    stalled.sendall(b"GET /api/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+    stalled.sendall(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
     healthy = clients(srv.url + "/api/events")
     wait_until(lambda: hub.subscriber_count == 2)
     try:
@@ -269,7 +269,7 @@ def test_slow_client_does_not_delay_other_clients(tmp_path: Path, live_server, c
     srv = live_server(app)
     hub = get_hub(app)
     stalled = socket.create_connection(("127.0.0.1", srv.port))
-    stalled.sendall(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+    stalled.sendall(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     try:
         fast = clients(srv.url + "/api/events")
         wait_until(lambda: hub.subscriber_count == 2)

@@ -2,9 +2,10 @@
 
 ``otel-runs demo`` creates a scratch world (a git project, a bare remote and a
 teammate's clone), starts this app on 127.0.0.1 and tracks every route from the
-inventory with ``RunTracking(app, actions=ACTIONS)``. Its home page shows one
-button per action next to the live runs page. Needs the ``demo`` extra
-(``cryptography``) for the vault and content actions.
+inventory with ``RunTracking(app, actions=ACTIONS, protect=True)``: only
+same-origin requests with a local ``Host`` run an action (``_web.py``). Its home
+page shows one button per action next to the live runs page. Needs the ``demo``
+extra (``cryptography``) for the vault and content actions.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..inventory import ACTIONS, by_integration
 from ._routes import actions_blueprint
 from ._scratch import DemoDirError, make_scratch
 from ._tools import DemoState
+from ._web import harden
 
 __all__ = ["DemoDirError", "create_demo_app", "serve_demo"]
 
@@ -55,7 +57,8 @@ def create_demo_app(directory: str | os.PathLike[str] | None = None, *,
     """The demo app over a scratch world in ``directory`` (new temp dir by default;
     a previous demo's directory is reused). ``delay`` scales simulated tools
     (default ``OTEL_RUNS_DEMO_DELAY`` or 0.4 s); ``failure_rate`` and ``seed``
-    make their failures occasional and reproducible."""
+    make their failures occasional and reproducible. ``run_tracking`` goes to
+    ``RunTracking`` (``protect`` defaults to True here)."""
     from ..flask import RunTracking
 
     scratch = make_scratch(directory)
@@ -75,7 +78,9 @@ def create_demo_app(directory: str | os.PathLike[str] | None = None, *,
     app.register_blueprint(actions_blueprint)
     _add_pages(app, state)
     run_tracking.setdefault("service_name", "otel-runs-demo")
+    run_tracking.setdefault("protect", True)
     RunTracking(app, actions=ACTIONS, **run_tracking)
+    harden(app)
     _ensure_api(app)
     _wire(app)
     return app
@@ -147,6 +152,7 @@ def serve_demo(host: str = "127.0.0.1", port: int = 5050,
           f"  project (ledger on branch scp-ledger): {state.project}\n"
           f"  bare remote: {state.remote}\n"
           f"  open {url}  (live runs: {url}runs; Ctrl-C to stop)\n"
+          f"  actions answer same-origin requests only; the runs API and page, loopback clients\n"
           f"  afterwards: otel-runs --project {state.project} list", flush=True)
     from werkzeug.serving import run_simple  # not app.run: a no-op under `flask run`
 
