@@ -60,15 +60,17 @@ def test_a_new_ledger_sees_runs_not_yet_committed(git_repo: Path,
     assert user_state(git_repo) == before
 
 
+@pytest.mark.parametrize("commit_process", ["never", "always"])
 def test_a_backlog_keeps_its_lines_in_the_journal_not_in_memory(
-        git_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        git_repo: Path, monkeypatch: pytest.MonkeyPatch, commit_process: str) -> None:
     """Past KEEP_LINES pending runs, an entry notes where its line is in the journal and
-    reads it back: readers and the commit see the same runs as before."""
+    reads it back (the commit helper reads it from the journal itself): readers and the
+    commit see the same runs as before."""
     from otel_runs.ledger import _ledger
 
     monkeypatch.setattr(_ledger, "KEEP_LINES", 10)
     monkeypatch.setenv("OTEL_RUNS_COMMIT_INTERVAL", "600")  # nothing commits by itself
-    monkeypatch.setenv("OTEL_RUNS_COMMIT_PROCESS", "never")
+    monkeypatch.setenv("OTEL_RUNS_COMMIT_PROCESS", commit_process)  # here / the helper reads
     ledger = Ledger(git_repo)
     try:
         runs = [Run(new_run_id(), "deploy", "deploy:k8s", status="ok", summary=f"run {i}")

@@ -171,18 +171,18 @@ class Committing:
         """Write ``entries`` to the branch: in the helper process when the batch
         is big enough to be worth it (see ``OTEL_RUNS_COMMIT_PROCESS``), else here.
         Raises ``PoisonRecords`` for entries that can never be written."""
-        load_lines(entries)
         if self._use_helper(len(entries)):
             helper = self._ensure_helper()
             if helper is not None:
-                try:
-                    return int(helper.write_batch([e.line for e in entries]))
+                try:  # a spilled line is read by the helper from the journal, not copied here
+                    return int(helper.write_batch([e.location() or e.line for e in entries]))
                 except PoisonRecords:
                     raise
                 except Exception:
                     self._helper = None  # a new helper for the retry
                     helper.close()
                     raise
+        load_lines(entries)
         items: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
         rejected: list[tuple[int, str, str]] = []
         for index, entry in enumerate(entries):

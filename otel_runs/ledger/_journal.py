@@ -248,6 +248,10 @@ class JournalWriter:
                     raise
         return segment, offset
 
+    def segment_file(self, segment: int) -> str:
+        """The path of one of this writer's segments."""
+        return str(self._segment_path(segment))
+
     def read_back(self, segment: int, offset: int, length: int) -> bytes:
         """The ``length`` bytes at ``offset`` of one of this writer's segments (a line
         :meth:`append_end_at` wrote and that is not committed yet); b"" if gone. One read

@@ -74,11 +74,16 @@ class CommitHelper:
         _, stdout = self._pipes()
         return stdout.readline().decode("utf-8", "replace").strip()
 
-    def write_batch(self, lines: list[bytes]) -> int:
-        """Commit these journal lines (``end`` records); return how many runs were new."""
+    def write_batch(self, lines: list[bytes | tuple[str, int, int]]) -> int:
+        """Commit these journal lines (``end`` records); return how many runs were new.
+
+        A line may be given as ``(segment file, offset, length)`` instead: the helper reads
+        it from the journal itself (the recording process then copies nothing)."""
         stdin, _ = self._pipes()
+        wire = [b"@%d %d %s\n" % (line[1], line[2], line[0].encode("utf-8", "surrogateescape"))
+                if isinstance(line, tuple) else line for line in lines]
         try:
-            stdin.write(b"B %d\n" % len(lines) + b"".join(lines))
+            stdin.write(b"B %d\n" % len(lines) + b"".join(wire))
             stdin.flush()
             answer = self._read_line()
         except (OSError, ValueError) as exc:
@@ -135,6 +140,30 @@ def _items(lines: list[bytes]) -> tuple[list[tuple[dict[str, Any], list[dict[str
     return items, rejected
 
 
+def _resolve(lines: list[bytes]) -> list[bytes]:
+    """Lines sent as ``@<offset> <length> <segment file>``, read from the journal (one open
+    per file and batch); b"" (then rejected as unreadable) if a read fails."""
+    out: list[bytes] = []
+    fds: dict[bytes, int] = {}
+    try:
+        for line in lines:
+            if not line.startswith(b"@"):
+                out.append(line)
+                continue
+            try:
+                offset, length, path = line[1:].rstrip(b"\n").split(b" ", 2)
+                fd = fds.get(path)
+                if fd is None:
+                    fd = fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                out.append(os.pread(fd, int(length), int(offset)))
+            except (OSError, ValueError):
+                out.append(b"")
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return out
+
+
 def _answer(stdout: IO[bytes], text: str) -> None:
     stdout.write(text.replace("\n", " ").encode("utf-8", "replace") + b"\n")
     stdout.flush()
@@ -156,7 +185,7 @@ def _serve(project_root: str, branch: str, tag_prefix: str | None, fsync: bool) 
             if not header:
                 return
             count = int(header.split()[1])
-            lines = [stdin.readline() for _ in range(count)]
+            lines = _resolve([stdin.readline() for _ in range(count)])
             try:
                 items, rejected = _items(lines)
                 if rejected:

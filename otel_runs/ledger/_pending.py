@@ -33,6 +33,8 @@ __all__ = ["KEEP_LINES", "Pending", "PendingQueue", "load_lines", "share", "shar
 class _Source(Protocol):
     def read_back(self, segment: int, offset: int, length: int) -> bytes: ...
 
+    def segment_file(self, segment: int) -> str: ...
+
 
 class Pending:
     """A run finished here, not committed yet. ``segment`` is the journal segment its
@@ -62,6 +64,12 @@ class Pending:
             return self._line
         assert self._source is not None
         return self._source.read_back(self.segment, self._offset, self._length)
+
+    def location(self) -> tuple[str, int, int] | None:
+        """``(segment file, offset, length)`` of a line not kept in memory, else None."""
+        if self._line is not None or self._source is None:
+            return None
+        return (self._source.segment_file(self.segment), self._offset, self._length)
 
     def record(self) -> dict[str, Any]:
         """The journal record (decoded once); ``ValueError`` if unreadable."""
