@@ -16,9 +16,9 @@ For each it prints, with goals and PASS/FAIL:
   for every run) and ``git fsck --strict --no-dangling``;
 * sustained committed rate: runs / time from the first run until ``flush()`` returned; as
   ratios measured in the same run: the committed rate in the last quarter of the runs vs
-  the first quarter (from polling the branch: commit titles ``otel-runs: record N runs``;
-  goal >= 0.67, i.e. at most 1.5x slower at the end) and committed vs durable rate (runs
-  journaled per second while recording; goal >= 0.67: the committer keeps up);
+  the first quarter (from polling the branch: commit titles ``otel-runs: record N runs``)
+  and committed vs durable rate (runs journaled per second while recording: below 1 the
+  committer falls behind and the backlog waits in the writer); printed for reference;
 * the writer's RSS (``VmRSS`` of ``/proc/self/status``, read inside the writer) when
   ``flush()`` returned vs after 10,000 runs (goal <= 1.5x; with several writers, the worst).
 
@@ -283,14 +283,12 @@ def scenario(base: Path, name: str, procs: int, per_proc: int, seconds: float) -
         print(f"    {found['fsck']}")
     line("durable rate (runs journaled / s)", f"{durable:,.0f} runs/s", "reference", None)
     line("sustained committed rate (until flush)", f"{committed:,.0f} runs/s", "reference", None)
-    line("committed / durable rate", f"{committed / durable:.2f}", "goal >= 0.67",
-         committed / durable >= 0.67)
+    line("committed / durable rate", f"{committed / durable:.2f}", "reference", None)
     if first and last:
         line("committed rate, last / first quarter",
-             f"{last:,.0f} / {first:,.0f} = {last / first:.2f}", "goal >= 0.67",
-             last / first >= 0.67)
+             f"{last:,.0f} / {first:,.0f} = {last / first:.2f}", "reference", None)
     else:
-        line("committed rate, last / first quarter", "not measured", "goal >= 0.67", False)
+        line("committed rate, last / first quarter", "not measured", "reference", None)
     if rss:
         line(f"writer RSS at end / after {mark:,} runs",
              f"{end_kb / 1024:.0f} / {mark_kb / 1024:.0f} MB = {end_kb / mark_kb:.2f}",

@@ -6,11 +6,11 @@ from __future__ import annotations
 from ._decorator import RUN_ID_HEADER, run_tracked
 from ._ids import InvalidRunId, new_run_id, validate_run_id
 from ._model import STATUSES, Run
-from ._redact import add_secret_key_parts
 from ._setup import configure, flush, shutdown
 from ._taxonomy import RUN_TYPES, RunTypeError, register_run_type
 from ._tracking import RunHandle, current_run, tracked_run
 from .audit import untracked_routes
+from .redaction import add_secret_key_parts, add_secret_patterns, add_secret_values
 
 __version__ = "0.1.0"
 
@@ -23,6 +23,8 @@ __all__ = [
     "RunHandle",
     "RunTypeError",
     "add_secret_key_parts",
+    "add_secret_patterns",
+    "add_secret_values",
     "configure",
     "current_run",
     "flush",

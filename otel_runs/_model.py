@@ -13,6 +13,15 @@ from opentelemetry.trace import format_span_id, format_trace_id
 
 from . import _attributes as A
 from ._ids import SecondStamp, is_run_id
+from .redaction import (
+    EVENTS_DROPPED,
+    clean_attributes,
+    clean_events,
+    clean_name,
+    clean_summary,
+    dropped_events_marker,
+    jsonable,
+)
 
 __all__ = ["MAX_NS", "Run", "RunStatus", "STATUSES", "clamp_ns", "iso_from_ns"]
 
@@ -54,8 +63,17 @@ def iso_from_ns(ns: int) -> str:
     return f"{stamp}.{ns // 1000 % 1_000_000:06d}Z"
 
 
-def _jsonable_attrs(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in (attrs or {}).items()}
+def _clean_attrs(attrs: Mapping[str, Any] | None, dropped_before: int = 0) -> dict[str, Any]:
+    """Event or span attributes scrubbed, bounded and JSON-safe; how many were dropped
+    (here, and ``dropped_before`` by the SDK) is the ``otel_runs.attributes_dropped``
+    attribute."""
+    if not attrs:
+        return {}
+    cleaned, dropped = clean_attributes(attrs)
+    dropped += dropped_before
+    if dropped:
+        cleaned["otel_runs.attributes_dropped"] = dropped
+    return jsonable(cleaned)
 
 
 @dataclass
@@ -131,7 +149,7 @@ class Run:
             type=run_type,
             subtype=str(attrs.get(A.RUN_SUBTYPE, span.name)),
             status=status,
-            summary=str(attrs.get(A.RUN_SUMMARY, "")),
+            summary=clean_summary(attrs.get(A.RUN_SUMMARY, "")),
             started_at=iso_from_ns(start),
             ended_at=None if end is None else iso_from_ns(end),
             duration_ms=None if end is None else round((end - start) / 1e6, 3),
@@ -156,19 +174,23 @@ def parse_metadata(raw: Any) -> dict[str, Any]:
 
 
 def span_events(span: ReadableSpan) -> list[dict[str, Any]]:
-    """A span's events as a Run lists them."""
+    """A span's events as a Run lists them (scrubbed and bounded; events dropped here
+    or by the SDK are said by a last ``otel_runs.events_dropped`` event)."""
     events = span.events
     if not events:
         return []
-    return [
-        {"name": ev.name, "timestamp": iso_from_ns(ev.timestamp),
-         "attributes": _jsonable_attrs(ev.attributes)}
-        for ev in events
-    ]
+    kept, dropped = clean_events(events)
+    out = [{"name": name, "timestamp": iso_from_ns(ts), "attributes": jsonable(attrs)}
+           for name, ts, attrs in kept]
+    dropped += span.dropped_events
+    if dropped:
+        out.append({"name": EVENTS_DROPPED, "timestamp": out[-1]["timestamp"],
+                    "attributes": dropped_events_marker(dropped, len(kept),
+                                                        "the span's event limits")})
+    return out
 
 
 _FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Run))
-_FIELD_SET = frozenset(_FIELD_NAMES)
 _FIELD_SET = frozenset(_FIELD_NAMES)
 
 
@@ -182,24 +204,31 @@ def _copy_json(value: Any) -> Any:
 
 
 def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
-    """A compact JSON-safe record of any finished span (for child spans of a run)."""
+    """A compact JSON-safe record of any finished span (for child spans of a run):
+    name, attributes, events and status description scrubbed and bounded."""
     ctx = span.context
     parent = span.parent
+    start = clamp_ns(span.start_time)
+    kept, dropped = clean_events(span.events)
+    events = [{"name": name, "time_ns": clamp_ns(ts, span.start_time), "attributes": jsonable(attrs)}
+              for name, ts, attrs in kept]
+    dropped += span.dropped_events
+    if dropped:
+        events.append({"name": EVENTS_DROPPED, "time_ns": events[-1]["time_ns"] if events else start,
+                       "attributes": dropped_events_marker(dropped, len(kept),
+                                                           "the span's event limits")})
+    description = span.status.description
     return {
-        "name": span.name,
+        "name": clean_name(span.name),
         "trace_id": format_trace_id(ctx.trace_id) if ctx else "",
         "span_id": format_span_id(ctx.span_id) if ctx else "",
         "parent_span_id": format_span_id(parent.span_id) if parent else None,
         "kind": span.kind.name if span.kind is not None else "INTERNAL",
-        "start_time_ns": clamp_ns(span.start_time),
+        "start_time_ns": start,
         "end_time_ns": None if span.end_time is None else clamp_ns(span.end_time, span.start_time),
         "status": span.status.status_code.name,
-        "status_description": span.status.description,
-        "attributes": _jsonable_attrs(span.attributes),
-        "events": [
-            {"name": e.name, "time_ns": clamp_ns(e.timestamp, span.start_time),
-             "attributes": _jsonable_attrs(e.attributes)}
-            for e in span.events
-        ],
+        "status_description": clean_summary(description) if description else description,
+        "attributes": _clean_attrs(span.attributes, span.dropped_attributes),
+        "events": events,
         "scope": span.instrumentation_scope.name if span.instrumentation_scope else None,
     }

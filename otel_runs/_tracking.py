@@ -20,14 +20,30 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from . import _attributes as A
 from ._context import STARTING_RUN_KEY, parent_run_id, run_context
 from ._ids import now_run_id
-from ._redact import clean_metadata, clean_summary, metadata_json
 from ._setup import project_root_for_run, run_tracer
 from ._taxonomy import validate_run_type
 from .exporters._run_processor import OpenRun, run_closed, run_opening
+from .redaction import (
+    EVENTS_DROPPED,
+    MAX_EVENT_BYTES,
+    MAX_EVENTS,
+    MAX_RUN_BYTES,
+    SPANS_DROPPED,
+    Budget,
+    clean_metadata,
+    clean_name,
+    clean_summary,
+    dropped_events_marker,
+    exception_attributes,
+    metadata_json,
+)
 
 __all__ = ["RunHandle", "current_run", "tracked_run"]
 
 _SETTABLE_STATUSES = ("ok", "failed", "cancelled")
+#: Events ``add_event`` keeps: three places of :data:`MAX_EVENTS` stay free for the
+#: dropped-events and dropped-spans markers and the exception.
+_EVENTS_KEPT = MAX_EVENTS - 3
 _current: contextvars.ContextVar[RunHandle | None] = contextvars.ContextVar(
     "otel_runs_current_run", default=None
 )
@@ -54,6 +70,9 @@ class RunHandle:
         self._status: str | None = None
         self.metadata: dict[str, Any] = metadata
         self.span = span
+        self._events = 0  # added and kept
+        self._events_dropped = 0
+        self._event_bytes = 0
 
     @property
     def run_id(self) -> str:
@@ -82,9 +101,19 @@ class RunHandle:
         self._summary_set = True
 
     def add_event(self, name: str, /, **attributes: Any) -> None:
-        """Record a timestamped event on the run (secret attributes redacted)."""
-        cleaned = clean_metadata(attributes)
-        self.span.add_event(str(name), {k: _attr_value(v) for k, v in cleaned.items()})
+        """Record a timestamped event on the run (name and attributes scrubbed and
+        bounded). Beyond the run's limits (``MAX_EVENTS`` events, ``MAX_EVENT_BYTES``
+        bytes) events are only counted; one ``otel_runs.events_dropped`` event at the
+        end says how many."""
+        if self._events >= _EVENTS_KEPT or self._event_bytes >= MAX_EVENT_BYTES:
+            self._events_dropped += 1
+            return
+        text = clean_name(name)
+        budget = Budget(MAX_EVENT_BYTES - self._event_bytes - len(text))
+        cleaned = clean_metadata(attributes, budget) if attributes else {}
+        self._event_bytes += budget.used + len(text) + 64
+        self._events += 1
+        self.span.add_event(text, {k: _attr_value(v) for k, v in cleaned.items()})
 
     def __repr__(self) -> str:
         return f"<RunHandle {self._run_id} {self.subtype} status={self._status!r}>"
@@ -197,14 +226,22 @@ class RunScope:
         summary = h._summary
         if not h._summary_set and derived_summary:
             summary = clean_summary(derived_summary)
+        exc_attributes: dict[str, str] | None = None
         if exc is not None and status != "ok":
             if not h._summary_set and (status == "failed" or not summary):
                 summary = clean_summary(_exc_text(exc))
-            span.record_exception(exc)
+            exc_attributes = exception_attributes(exc)
+        used = h._event_bytes
+        if h._events_dropped or self._entry.spans_dropped:
+            self._add_markers(h)
+        if exc_attributes is not None:
+            span.record_exception(exc, attributes=exc_attributes)
+            used += sum(len(v) for v in exc_attributes.values())
         final: dict[str, Any] = {A.RUN_STATUS: status}
         if summary:
             final[A.RUN_SUMMARY] = summary
-        meta = metadata_json(h.metadata) if h.metadata else "{}"
+        meta = metadata_json(h.metadata, MAX_RUN_BYTES - used - len(summary)) \
+            if h.metadata else "{}"
         changed_meta = meta if meta != self._initial_metadata else None
         if changed_meta is not None:
             final[A.RUN_METADATA] = changed_meta
@@ -226,6 +263,18 @@ class RunScope:
             self._entry.journal_error = None
             raise error
         return status
+
+    def _add_markers(self, h: RunHandle) -> None:
+        """Add the events saying what was dropped."""
+        if h._events_dropped:
+            h.span.add_event(EVENTS_DROPPED, dropped_events_marker(
+                h._events_dropped, h._events,
+                f"limits: {_EVENTS_KEPT} events, {MAX_EVENT_BYTES} bytes per run"))
+        spans_dropped = self._entry.spans_dropped
+        if spans_dropped:
+            h.span.add_event(SPANS_DROPPED, {
+                "dropped": spans_dropped,
+                "message": f"{spans_dropped} child spans not stored (the ledger's limits per run)"})
 
 
 def _exc_text(exc: BaseException) -> str:

@@ -1,7 +1,8 @@
 """The event hub behind ``/api/events``: publish events, replay missed ones, fan out.
 
-``hub.publish("run:started", data)`` appends an event to a ring buffer and wakes
-the stream readers; it never waits for a client. Each reader follows the buffer
+``hub.publish("run:started", data)`` appends an event to a ring buffer (bounded by
+count and by bytes: ``OTEL_RUNS_SSE_BUFFER_BYTES``, 8 MiB by default) and wakes the
+stream readers; it never waits for a client. Each reader follows the buffer
 with its own cursor, so a slow or stalled client costs no memory of its own: when
 it is more than ``client_queue`` events behind and has not come back for
 ``slow_after`` seconds (its thread was stuck writing to a stalled socket), or its
@@ -31,6 +32,7 @@ from typing import Any, Protocol
 from . import _settings
 
 __all__ = [
+    "DEFAULT_BUFFER_BYTES",
     "DEFAULT_BUFFER_SIZE",
     "DEFAULT_CLIENT_QUEUE",
     "DEFAULT_SLOW_AFTER",
@@ -40,6 +42,7 @@ __all__ = [
     "Hub",
     "Subscription",
     "SubscriberDroppedError",
+    "buffer_bytes",
     "get_hub",
     "hub_from_settings",
     "parse_event_id",
@@ -48,6 +51,11 @@ __all__ = [
 
 #: Events kept for ``Last-Event-ID`` replay.
 DEFAULT_BUFFER_SIZE = 1000
+#: Bytes of events kept for replay (their JSON text and SSE frame); the oldest events
+#: are dropped first beyond it (the newest is always kept). ``OTEL_RUNS_SSE_BUFFER_BYTES``.
+DEFAULT_BUFFER_BYTES = 8 * 1024 * 1024
+#: What one buffered event costs besides its text and frame (the objects holding them).
+_EVENT_OVERHEAD = 256
 #: How far (in events) a reader may fall behind before it is dropped.
 DEFAULT_CLIENT_QUEUE = 256
 #: A reader more than ``client_queue`` events behind is dropped once it has not
@@ -154,15 +162,22 @@ def _dumps(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"), default=str)
 
 
-class EventHub:
-    """The in-process hub: a ring buffer of the last ``buffer_size`` events.
+def buffer_bytes() -> int:
+    """``OTEL_RUNS_SSE_BUFFER_BYTES``, else :data:`DEFAULT_BUFFER_BYTES`."""
+    return _settings.env_int(_settings.OTEL_RUNS_SSE_BUFFER_BYTES, DEFAULT_BUFFER_BYTES,
+                             minimum=65_536)
 
-    Thread-safe. ``publish`` is O(1) and does no I/O.
+
+class EventHub:
+    """The in-process hub: a ring buffer of the last ``buffer_size`` events, at most
+    ``max_bytes`` of them (default :func:`buffer_bytes`).
+
+    Thread-safe. ``publish`` is O(1) (amortised) and does no I/O.
     """
 
     def __init__(self, buffer_size: int = DEFAULT_BUFFER_SIZE,
                  client_queue: int = DEFAULT_CLIENT_QUEUE,
-                 slow_after: float = DEFAULT_SLOW_AFTER) -> None:
+                 slow_after: float = DEFAULT_SLOW_AFTER, max_bytes: int | None = None) -> None:
         if buffer_size < 1 or client_queue < 1:
             raise ValueError("buffer_size and client_queue must be >= 1")
         if client_queue > buffer_size:
@@ -170,14 +185,20 @@ class EventHub:
                 f"client_queue ({client_queue}) must not exceed buffer_size ({buffer_size}): "
                 "a dropped client must be able to catch up from the buffer")
         self.buffer_size = buffer_size
+        self.max_bytes = buffer_bytes() if max_bytes is None else max_bytes
+        if self.max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
         self.client_queue = client_queue
         self.slow_after = slow_after
         self.epoch = time.time_ns() // 1_000_000
         self._seq = 0
-        self._buffer: deque[tuple[int, Event]] = deque(maxlen=buffer_size)
+        self._buffer: deque[tuple[int, Event]] = deque()
         #: The same events' SSE frames, index for index: a stream's batch is one
         #: C-level join over a slice, whatever its length.
-        self._frames: deque[bytes] = deque(maxlen=buffer_size)
+        self._frames: deque[bytes] = deque()
+        #: What each buffered event costs (bytes), index for index, and their sum.
+        self._sizes: deque[int] = deque()
+        self.buffered_bytes = 0
         self._cond = threading.Condition(threading.Lock())
         self._subscribers: set[_LocalSubscription] = set()
         self._closed = False
@@ -203,8 +224,17 @@ class EventHub:
         with self._cond:
             self._seq += 1
             event = Event(self._event_id(self._seq), event_type, text)
+            frame = event.frame
+            size = len(text) + len(frame) + _EVENT_OVERHEAD
             self._buffer.append((self._seq, event))
-            self._frames.append(event.frame)
+            self._frames.append(frame)
+            self._sizes.append(size)
+            self.buffered_bytes += size
+            while len(self._buffer) > 1 and (len(self._buffer) > self.buffer_size
+                                             or self.buffered_bytes > self.max_bytes):
+                self._buffer.popleft()
+                self._frames.popleft()
+                self.buffered_bytes -= self._sizes.popleft()
             self._cond.notify_all()
         return event.id
 
@@ -327,7 +357,8 @@ class _LocalSubscription:
 def hub_from_settings(buffer_size: int = DEFAULT_BUFFER_SIZE,
                       client_queue: int = DEFAULT_CLIENT_QUEUE,
                       slow_after: float = DEFAULT_SLOW_AFTER) -> Hub:
-    """The Redis hub when ``OTEL_RUNS_REDIS_URL`` is set, else a new :class:`EventHub`."""
+    """The Redis hub when ``OTEL_RUNS_REDIS_URL`` is set, else a new :class:`EventHub`
+    (its replay buffer bounded by ``OTEL_RUNS_SSE_BUFFER_BYTES`` too)."""
     url = redis_url()
     if url:
         from ._redis_hub import RedisHub

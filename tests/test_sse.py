@@ -214,7 +214,9 @@ def test_disconnected_client_is_cleaned_up(tmp_path: Path, live_server, clients)
 
 
 def test_stalled_client_never_blocks_runs_and_catches_up_by_last_event_id(
-        tmp_path: Path, live_server, clients) -> None:
+        tmp_path: Path, live_server, clients, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 200 events of ~100 KB must all stay replayable here: a replay buffer above its 8 MiB default
+    monkeypatch.setenv("OTEL_RUNS_SSE_BUFFER_BYTES", str(64 << 20))
     app = make_app(tmp_path, OTEL_RUNS_SSE_BUFFER=400, OTEL_RUNS_SSE_CLIENT_QUEUE=10,
                    OTEL_RUNS_SSE_SLOW_AFTER=0.2)
     srv = live_server(app)

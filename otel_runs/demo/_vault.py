@@ -14,6 +14,8 @@ from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from ..redaction import add_secret_values
+
 __all__ = ["CIPHER", "InvalidToken", "decrypt", "encrypt", "parse_env", "Vault"]
 
 CIPHER = "Fernet (AES-128-CBC + HMAC-SHA256), scrypt key"
@@ -21,6 +23,7 @@ _SALT_BYTES = 16
 
 
 def _key(passphrase: str, salt: bytes) -> bytes:
+    add_secret_values(passphrase)  # every passphrase used: redacted from runs and spans
     # n=2**14: ~20 ms, enough for a demo; real vaults should use more.
     kdf = Scrypt(salt=salt, length=32, n=2**14, r=8, p=1)
     return base64.urlsafe_b64encode(kdf.derive(passphrase.encode("utf-8")))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._run_processor import RunProcessor, is_run_span, run_project_root
+from ._scrubbing import ScrubbingSpanExporter
 from .ledger import LedgerRunProcessor, LedgerSpanExporter, ledger_processor_for
 from .otlp import OTLPSpanProcessor, otlp_processor
 from .sse import RUN_COMPLETED, RUN_STARTED, SSESpanProcessor
@@ -15,6 +16,7 @@ __all__ = [
     "OTLPSpanProcessor",
     "RunProcessor",
     "SSESpanProcessor",
+    "ScrubbingSpanExporter",
     "is_run_span",
     "ledger_processor_for",
     "otlp_processor",

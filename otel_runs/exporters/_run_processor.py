@@ -15,7 +15,7 @@ from .._model import Run, iso_from_ns, parse_metadata, span_events
 from .._ratelimit import RateLimitedLog
 
 __all__ = ["OpenRun", "RunProcessor", "RunSpanDispatcher", "child_run_id", "dispatches_directly",
-           "flush_all", "is_run_span", "open_run_of", "run_closed", "run_opening",
+           "flush_all", "is_run_span", "note_dropped_span", "open_run_of", "run_closed", "run_opening",
            "run_project_root", "shutdown_all", "starting_run"]
 
 logger = logging.getLogger("otel_runs.exporters")
@@ -36,8 +36,8 @@ class OpenRun:
     The Runs are built on first use, once, and shared by every processor (so a
     process whose processors take spans, as the ledger's does, builds none)."""
 
-    __slots__ = ("run_id", "root", "span_id", "journal_error", "_fields", "_trace_id",
-                 "_resource", "_start", "_final", "_end")
+    __slots__ = ("run_id", "root", "span_id", "journal_error", "spans_dropped", "_fields",
+                 "_trace_id", "_resource", "_start", "_final", "_end")
 
     def __init__(self, root: str | None, run_id: str, run_type: str, subtype: str, summary: str,
                  start_ns: int, metadata_json: str, parent_run_id: str | None) -> None:
@@ -47,6 +47,9 @@ class OpenRun:
         #: Set by the ledger's processor when the run's start or end could not be
         #: journaled and ``OTEL_RUNS_ON_JOURNAL_ERROR=raise``: ``RunScope`` raises it.
         self.journal_error: Exception | None = None
+        #: Child spans of the run a processor did not keep (the ledger's limits):
+        #: ``RunScope`` says how many in an event before the run ends.
+        self.spans_dropped = 0
         self._fields = (run_type, subtype, summary, start_ns, metadata_json, parent_run_id)
         self._trace_id = 0
         self._resource: Resource | None = None
@@ -120,6 +123,13 @@ _RUN_OF = "_otel_runs_run_of"
 def run_opening(entry: OpenRun) -> None:
     """Note a run whose span is about to start."""
     _by_run_id[entry.run_id] = entry
+
+
+def note_dropped_span(run_id: str) -> None:
+    """A processor did not keep a child span of open run ``run_id`` (see ``OpenRun.spans_dropped``)."""
+    entry = _by_run_id.get(run_id)
+    if entry is not None:
+        entry.spans_dropped += 1
 
 
 def run_closed(entry: OpenRun) -> None:

@@ -23,15 +23,35 @@ from .._attributes import RUN_ID, RUN_TYPE
 from .._model import Run, span_to_dict
 from .._ratelimit import RateLimitedLog
 from ..ledger import JournalUnavailable, Ledger, LedgerError, ledger_for
-from ._run_processor import OpenRun, RunProcessor, child_run_id, is_run_span, run_project_root
+from ..redaction import MAX_SPANS_BYTES, attributes_size
+from ._run_processor import (
+    OpenRun,
+    RunProcessor,
+    child_run_id,
+    is_run_span,
+    note_dropped_span,
+    run_project_root,
+)
 
 __all__ = ["LedgerRunProcessor", "LedgerSpanExporter", "ledger_processor_for"]
 
 logger = logging.getLogger("otel_runs.exporters")
 _errors = RateLimitedLog(logger)
 
-#: Most child spans stored with one run; further ones are counted and logged.
+#: Most child spans stored with one run; further ones are counted, logged and said by
+#: an ``otel_runs.spans_dropped`` event on the run.
 MAX_CHILD_SPANS = 2_000
+#: Most bytes (about) of child spans stored with one run (``OTEL_RUNS_MAX_SPANS_BYTES``).
+MAX_CHILD_SPANS_BYTES = MAX_SPANS_BYTES
+
+
+def record_size(record: dict[str, Any]) -> int:
+    """About how many bytes a ``span_to_dict`` record takes as JSON (its strings and
+    a fixed part; its values are bounded already)."""
+    size = 320 + len(record["name"]) + attributes_size(record["attributes"])
+    for event in record["events"]:
+        size += 48 + len(event["name"]) + attributes_size(event["attributes"])
+    return size
 
 
 class LedgerSpanExporter(SpanExporter):
@@ -44,6 +64,7 @@ class LedgerSpanExporter(SpanExporter):
     def __init__(self, ledger: Ledger | str | os.PathLike[str]) -> None:
         self.ledger = ledger if isinstance(ledger, Ledger) else ledger_for(ledger)
         self._children: dict[str, list[dict[str, Any]]] = {}
+        self._sizes: dict[str, int] = {}
         self._dropped: dict[str, int] = {}
         self._lock = threading.Lock()
         self._shut_down = False
@@ -68,22 +89,33 @@ class LedgerSpanExporter(SpanExporter):
         return result
 
     def add_child_span(self, run_id: str, span: ReadableSpan) -> None:
-        """Keep ``span`` (ended inside run ``run_id``) until the run is recorded."""
-        record = span_to_dict(span)
+        """Keep ``span`` (ended inside run ``run_id``, scrubbed and bounded) until the run
+        is recorded; beyond :data:`MAX_CHILD_SPANS` spans or :data:`MAX_CHILD_SPANS_BYTES`
+        it is counted instead (the run's ``otel_runs.spans_dropped`` event says how many)."""
+        with self._lock:
+            full = len(self._children.get(run_id, ())) >= MAX_CHILD_SPANS
+        record = None if full else span_to_dict(span)
+        size = 0 if record is None else record_size(record)
         with self._lock:
             children = self._children.setdefault(run_id, [])
-            if len(children) < MAX_CHILD_SPANS:
+            used = self._sizes.get(run_id, 0)
+            if record is not None and len(children) < MAX_CHILD_SPANS \
+                    and used + size <= MAX_CHILD_SPANS_BYTES:
                 children.append(record)
-            else:
-                self._dropped[run_id] = self._dropped.get(run_id, 0) + 1
+                self._sizes[run_id] = used + size
+                return
+            self._dropped[run_id] = self._dropped.get(run_id, 0) + 1
+        note_dropped_span(run_id)
 
     def _take_children(self, run_id: str) -> list[dict[str, Any]]:
         with self._lock:
             children = self._children.pop(run_id, [])
+            self._sizes.pop(run_id, None)
             dropped = self._dropped.pop(run_id, 0)
         if dropped:
-            logger.warning("otel-runs: run %s had %d more child spans than the %d stored",
-                           run_id, dropped, MAX_CHILD_SPANS)
+            logger.warning("otel-runs: run %s had %d more child spans than the ledger stores "
+                           "(%d spans, about %d bytes per run)", run_id, dropped,
+                           MAX_CHILD_SPANS, MAX_CHILD_SPANS_BYTES)
         return children
 
     def record_run_span(self, span: ReadableSpan) -> None:

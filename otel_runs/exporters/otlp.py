@@ -2,7 +2,9 @@
 
 The official ``opentelemetry-exporter-otlp`` exporters do the sending (they read
 ``OTEL_EXPORTER_OTLP_HEADERS``, ``..._CERTIFICATE``, ``..._COMPRESSION`` themselves)
-inside the SDK's ``BatchSpanProcessor``, so exporting honours sampling and a
+inside the SDK's ``BatchSpanProcessor``, handed scrubbed copies of the spans
+(:class:`~otel_runs.exporters._scrubbing.ScrubbingSpanExporter`: no secret leaves over
+OTLP, from any span), so exporting honours sampling and a
 tracked request only ever appends a span to a bounded in-memory queue. A collector
 that is down or hangs costs an export thread its time, never a request; failures
 are summarised once per interval instead of once per span or batch.
@@ -30,12 +32,14 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 from .. import _settings
 from .._ratelimit import RateLimitedLog
+from ._scrubbing import ScrubbingSpanExporter
 
 __all__ = [
     "DEFAULT_PROTOCOL",
     "DEFAULT_TIMEOUT_S",
     "OTLPSpanProcessor",
     "QuietExporter",
+    "ScrubbingSpanExporter",
     "otlp_exporter",
     "otlp_processor",
     "otlp_protocol",
@@ -153,7 +157,10 @@ def otlp_exporter(endpoint: str | None = None, *, protocol: str | None = None,
 
 
 def exporter_endpoint(exporter: SpanExporter) -> str:
-    """Where an official OTLP exporter sends to (for messages)."""
+    """Where an official OTLP exporter sends to (for messages); through a
+    :class:`ScrubbingSpanExporter`, where the exporter it wraps sends to."""
+    while isinstance(exporter, ScrubbingSpanExporter):
+        exporter = exporter.exporter
     return str(getattr(exporter, "_endpoint", "") or type(exporter).__name__)
 
 
@@ -288,11 +295,14 @@ class QuietExporter(SpanExporter):
 class OTLPSpanProcessor(BatchSpanProcessor):
     """The SDK's ``BatchSpanProcessor`` (bounded queue, ``OTEL_BSP_*`` settings,
     sampled spans only) with a :class:`QuietExporter` and bounded flush/shutdown:
-    neither waits longer than one export timeout for a collector that hangs."""
+    neither waits longer than one export timeout for a collector that hangs.
+    ``exporter`` gets scrubbed copies of the spans (:class:`ScrubbingSpanExporter`)."""
 
     def __init__(self, exporter: SpanExporter, *, timeout: float | None = None,
                  error_interval: float = ERROR_LOG_INTERVAL_S) -> None:
         _install_log_filter()
+        if not isinstance(exporter, ScrubbingSpanExporter):
+            exporter = ScrubbingSpanExporter(exporter)
         self.quiet_exporter = QuietExporter(exporter, error_interval=error_interval)
         self.timeout = timeout if timeout is not None else otlp_timeout()
         queue_size = BatchSpanProcessor._default_max_queue_size()  # OTEL_BSP_MAX_QUEUE_SIZE

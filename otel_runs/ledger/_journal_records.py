@@ -35,6 +35,13 @@ from opentelemetry.trace import SpanContext
 
 from .._ids import is_run_id
 from .._model import MAX_NS, Run, clamp_ns
+from ..redaction import (
+    EVENTS_DROPPED,
+    clean_events,
+    clean_run_attributes,
+    dropped_events_marker,
+    scrub_run_dict,
+)
 
 __all__ = ["decode_line", "encode_record", "id_ns", "normalise_record", "raw_span", "record_run_id",
            "run_dict"]
@@ -55,18 +62,28 @@ def _ok_ns(value: object) -> bool:
 
 
 def raw_span(span: ReadableSpan) -> dict[str, Any]:
-    """The raw data of a run span that ``Run.from_span`` reads (normalised when encoded)."""
+    """The raw data of a run span that ``Run.from_span`` reads (normalised when encoded):
+    attributes and events scrubbed and bounded (``otel_runs.redaction``), the SDK's
+    dropped events said by a last ``otel_runs.events_dropped`` event."""
     ctx = span.context
     resource = span.resource
     service = resource.attributes.get("service.name", "") if resource is not None else ""
+    events: list[list[Any]] = []
+    if span.events:
+        kept, dropped = clean_events(span.events)
+        events = [list(event) for event in kept]
+        dropped += span.dropped_events
+        if dropped and events:
+            events.append([EVENTS_DROPPED, events[-1][1], dropped_events_marker(
+                dropped, len(kept), "the span's event limits")])
     return {
         "name": span.name,
         "trace_id": ctx.trace_id if ctx else 0,
         "span_id": ctx.span_id if ctx else 0,
         "start": span.start_time,
         "end": span.end_time,
-        "attrs": dict(span.attributes or {}),
-        "events": [[e.name, e.timestamp, dict(e.attributes or {})] for e in span.events],
+        "attrs": clean_run_attributes(span.attributes),
+        "events": events,
         "service": service,
     }
 
@@ -130,7 +147,10 @@ def _record_ok(obj: dict[str, Any]) -> bool:
 
 def encode_record(obj: dict[str, Any]) -> tuple[bytes, bool]:
     """One journal line for ``obj`` (compact JSON and a newline) and whether it had to
-    be normalised first (see the module docstring)."""
+    be normalised first (see the module docstring). A run handed over as data
+    (``{"run": ...}``) is scrubbed and bounded first, as run spans are by :func:`raw_span`."""
+    if "run" in obj and isinstance(obj["run"], dict):
+        obj = {**obj, "run": scrub_run_dict(obj["run"])}
     if _record_ok(obj):
         try:
             return (_STRICT.encode(obj) + "\n").encode("utf-8"), False
