@@ -22,6 +22,19 @@ OTEL_RUNS_REDIS_URL = "OTEL_RUNS_REDIS_URL"
 OTEL_RUNS_TRACE_URL = "OTEL_RUNS_TRACE_URL"
 #: Extra comma-separated key parts that mark metadata keys as secrets.
 OTEL_RUNS_SECRET_KEYS = "OTEL_RUNS_SECRET_KEYS"
+#: Most bytes one run's record may take (metadata, summary and events; default 262144).
+OTEL_RUNS_MAX_RUN_BYTES = "OTEL_RUNS_MAX_RUN_BYTES"
+#: Longest string kept in metadata, event and span attributes (default 4096 characters).
+OTEL_RUNS_MAX_VALUE_CHARS = "OTEL_RUNS_MAX_VALUE_CHARS"
+#: Most items of one list and keys of one dict kept (default 1000).
+OTEL_RUNS_MAX_ITEMS = "OTEL_RUNS_MAX_ITEMS"
+#: Most events one run keeps, the dropped-events marker and the exception included
+#: (default 128, never more than the SDK's ``OTEL_SPAN_EVENT_COUNT_LIMIT``).
+OTEL_RUNS_MAX_EVENTS = "OTEL_RUNS_MAX_EVENTS"
+#: Most bytes of child spans the ledger stores with one run (default 1048576).
+OTEL_RUNS_MAX_SPANS_BYTES = "OTEL_RUNS_MAX_SPANS_BYTES"
+#: Most bytes the live feed's in-process replay buffer holds (default 8388608).
+OTEL_RUNS_SSE_BUFFER_BYTES = "OTEL_RUNS_SSE_BUFFER_BYTES"
 #: What a tracked block does when its run cannot be written to the journal (disk
 #: full, read-only ``.git``): ``keep`` (default: the run is kept in memory, journaled
 #: again and committed when writing works) or ``raise`` (the same, and the block
@@ -60,6 +73,22 @@ def env_bool(name: str, default: bool) -> bool:
         return False
     logger.warning("%s=%r is not a boolean; using %s", name, value, default)
     return default
+
+
+def env_int(name: str, default: int, minimum: int = 1) -> int:
+    """An integer variable of at least ``minimum``; a bad value falls back to
+    ``default`` with a warning."""
+    value = env_str(name)
+    if value is None:
+        return default
+    try:
+        number = int(value.replace("_", ""))
+    except ValueError:
+        number = minimum - 1
+    if number < minimum:
+        logger.warning("%s=%r is not an integer >= %d; using %d", name, value, minimum, default)
+        return default
+    return number
 
 
 def durability(explicit: str | None = None) -> str:
