@@ -24,27 +24,28 @@ App config (``app.config``, defaults set at registration):
 ``OTEL_RUNS_SSE_LINGER`` (0.05 s: the least time a stream waits after a write, so
 the events of a burst are sent together), ``OTEL_RUNS_SSE_WAKEUPS`` (100: how often
 per second all streams together may wake up to write; with many streams each waits
-``streams / wakeups`` s, at most 1 s — less CPU per event, more latency).
+``streams / wakeups`` s, at most 1 s — less CPU per event, more latency),
+``OTEL_RUNS_SSE_MAX_STREAMS`` (None: from the server, see :mod:`otel_runs._streams`),
+``OTEL_RUNS_SSE_RETRY_AFTER`` (5 s, sent with the 503), ``OTEL_RUNS_SSE_SEND_TIMEOUT``
+(2.0 s a write may block before the stream ends).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import _settings, web_security
+from . import _settings, _streams, web_security
 from ._ids import InvalidRunId, validate_run_id
 from ._model import STATUSES, Run
 from ._taxonomy import RUN_TYPES
 from .exporters.sse import SSESpanProcessor
-from .hub import Hub, SubscriberDroppedError, Subscription, get_hub, hub_from_settings
+from .hub import Hub, get_hub, hub_from_settings
 
 __all__ = ["MAX_RECENT_LIMIT", "MAX_SEARCH_LIMIT", "blueprint", "register", "trace_url_template"]
 
@@ -226,66 +227,43 @@ def get_run(run_id: str) -> Response:
 
 @blueprint.get("/api/events")
 def events() -> Response:
-    """The live feed (``text/event-stream``)."""
+    """The live feed (``text/event-stream``); 503 + ``Retry-After`` beyond
+    ``OTEL_RUNS_SSE_MAX_STREAMS`` open streams, 501 on a gunicorn sync worker."""
+    cfg = current_app.config
+    refused = _streams.sync_worker_error(request.environ)
+    if refused is not None:
+        raise ApiError(501, refused)
+    limit = cfg.get("OTEL_RUNS_SSE_MAX_STREAMS") or _streams.default_max_streams(request.environ)
+    gate: _streams.StreamGate = current_app.extensions["otel_runs"].extra["stream_gate"]
+    release = gate.acquire(int(limit))
+    if release is None:
+        resp = _error(503, f"too many open streams ({int(limit)}, OTEL_RUNS_SSE_MAX_STREAMS); "
+                           "retry later")
+        resp.headers["Retry-After"] = str(int(cfg["OTEL_RUNS_SSE_RETRY_AFTER"]))
+        return resp
     hub = get_hub()
     last_id = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or None
-    heartbeat = float(current_app.config["OTEL_RUNS_SSE_HEARTBEAT"])
-    retry_ms = int(current_app.config["OTEL_RUNS_SSE_RETRY_MS"])
-    linger = float(current_app.config["OTEL_RUNS_SSE_LINGER"])
-    wakeups = float(current_app.config["OTEL_RUNS_SSE_WAKEUPS"])
     try:
         sub = hub.subscribe(last_id)
     except Exception as exc:
+        release()
         logger.warning("otel-runs: cannot subscribe to the event hub: %s", exc)
         raise ApiError(503, f"the event hub is not available: {exc}") from None
-    resp = Response(_stream(hub, sub, heartbeat, retry_ms, linger, wakeups),
-                    mimetype="text/event-stream")
+    sock, restore = _streams.stream_socket(request.environ,
+                                           float(cfg["OTEL_RUNS_SSE_SEND_TIMEOUT"]))
+    body = _streams.event_stream(
+        hub, sub, float(cfg["OTEL_RUNS_SSE_HEARTBEAT"]), int(cfg["OTEL_RUNS_SSE_RETRY_MS"]),
+        float(cfg["OTEL_RUNS_SSE_LINGER"]), float(cfg["OTEL_RUNS_SSE_WAKEUPS"]), sock, release)
+    resp = Response(body, mimetype="text/event-stream")
+    resp.call_on_close(release)  # also when the body never started
+    resp.call_on_close(sub.close)
+    resp.call_on_close(restore)
     resp.headers["Cache-Control"] = "no-store"
     resp.headers["X-Accel-Buffering"] = "no"
     return resp
 
 
-#: All streams of a hub together wake up at most about this often per second
-#: (the default of ``OTEL_RUNS_SSE_WAKEUPS``).
-STREAM_WAKEUPS_PER_SECOND = 100.0
-_MAX_LINGER = 1.0
-
-
-def _stream(hub: Hub, sub: Subscription, heartbeat: float, retry_ms: int, linger: float,
-            wakeups: float = STREAM_WAKEUPS_PER_SECOND) -> Iterator[bytes]:
-    """Yield SSE frames until the client goes (the server's write fails and closes
-    this generator), the reader is dropped, or the hub closes.
-
-    After each write the reader sleeps at least ``linger`` seconds (longer with
-    many streams: ``streams / wakeups``, at most 1 s; aligned to multiples of the
-    pause, so streams wake together), so the events published meanwhile go out
-    in one write: the fan-out cost per second stays flat as clients are added,
-    at the price of that much latency. A batch of the hub's full chunk size means
-    a backlog: the next one follows at once (else a reader could never catch up
-    with more than a chunk per pause).
-    """
-    try:
-        yield f"retry: {retry_ms}\n: connected\n\n".encode()
-        while True:
-            try:
-                count, data = sub.next_frames(heartbeat)
-            except SubscriberDroppedError:
-                return
-            if count:
-                yield data
-                if count >= hub.client_queue:
-                    continue  # a backlog handed out in chunks: no pause until it is drained
-                pause = max(linger, min(_MAX_LINGER,
-                                        hub.subscriber_count / wakeups))
-                if pause > 0:
-                    # To a multiple of pause (at least linger away): streams wake together,
-                    # in one burst (warm caches, one interruption of the request threads).
-                    wait = pause - time.monotonic() % pause
-                    time.sleep(wait + pause if wait < linger else wait)
-            else:
-                yield b": heartbeat\n\n"
-    finally:
-        sub.close()
+STREAM_WAKEUPS_PER_SECOND = _streams.STREAM_WAKEUPS_PER_SECOND
 
 
 # -- the page -----------------------------------------------------------------------
@@ -331,6 +309,10 @@ def register(app: Flask, state: Any) -> None:
     app.config.setdefault("OTEL_RUNS_SSE_RETRY_MS", 2000)
     app.config.setdefault("OTEL_RUNS_SSE_LINGER", 0.05)
     app.config.setdefault("OTEL_RUNS_SSE_WAKEUPS", STREAM_WAKEUPS_PER_SECOND)
+    app.config.setdefault("OTEL_RUNS_SSE_MAX_STREAMS", None)  # None: from the server's threads
+    app.config.setdefault("OTEL_RUNS_SSE_RETRY_AFTER", 5)
+    app.config.setdefault("OTEL_RUNS_SSE_SEND_TIMEOUT", _streams.DEFAULT_SEND_TIMEOUT)
+    state.extra.setdefault("stream_gate", _streams.StreamGate())
     hub: Hub | None = state.extra.get("hub")
     if hub is None:
         hub = hub_from_settings(buffer_size=int(app.config["OTEL_RUNS_SSE_BUFFER"]),

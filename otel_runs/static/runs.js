@@ -11,6 +11,7 @@
   let selected = null;             // run_id shown in the detail panel
   let lastEventId = null;          // newest event id seen (for reconnects)
   let source = null, reconnectTimer = null, backoff = 1000;
+  const RETRY_AFTER_MS = 5000, MAX_BACKOFF_MS = 60000;  // Retry-After default; back-off cap
 
   const $ = (id) => document.getElementById(id);
   const body = $("runs-body"), typeSel = $("filter-type"), statusSel = $("filter-status");
@@ -225,6 +226,7 @@
 
   function connect() {
     clearTimeout(reconnectTimer);
+    reconnectTimer = null;
     if (source) source.close();
     const url = `${CONFIG.api}/events` + (lastEventId ? `?last_event_id=${encodeURIComponent(lastEventId)}` : "");
     source = new EventSource(url);
@@ -235,18 +237,25 @@
       if (ev.lastEventId) lastEventId = ev.lastEventId;
       loadRecent();
     });
+    // On any error close the stream and retry later ourselves, with exponential back-off
+    // and jitter (a refused stream, 503 + Retry-After when the server's stream cap is
+    // reached, waits at least RETRY_AFTER_MS), instead of the browser's fixed `retry:`
+    // delay: many pages do not hammer a busy or restarting server in step. The retry
+    // resumes with ?last_event_id=.
     source.onerror = () => {
+      const refused = source.readyState === EventSource.CLOSED;  // an HTTP error, e.g. 503
+      source.close();
       setConn("connecting", "reconnecting…");
-      if (source.readyState === EventSource.CLOSED) {
-        reconnectTimer = setTimeout(connect, backoff);
-        backoff = Math.min(backoff * 2, 15000);
-      }
+      if (reconnectTimer !== null) return;
+      const base = refused ? Math.max(backoff, RETRY_AFTER_MS) : backoff;
+      const delay = base * (0.5 + Math.random());  // jitter: 0.5x..1.5x
+      backoff = Math.min(backoff * 2, MAX_BACKOFF_MS);
+      reconnectTimer = setTimeout(() => { reconnectTimer = null; connect(); }, delay);
     };
-    // The browser reconnects by itself after a network error (sending Last-Event-ID);
-    // a watchdog reconnects with ?last_event_id= if it stays down.
+    // A watchdog reconnects if the stream is closed with no retry pending.
     window.clearInterval(connect.watchdog);
     connect.watchdog = window.setInterval(() => {
-      if (source.readyState !== EventSource.OPEN) { const s = source; if (s.readyState === EventSource.CLOSED) connect(); }
+      if (source.readyState === EventSource.CLOSED && reconnectTimer === null) connect();
     }, 20000);
   }
 
