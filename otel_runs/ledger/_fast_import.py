@@ -81,21 +81,7 @@ class FastImport:
 
     def _failed(self, what: str) -> LedgerError:
         """The error to raise once fast-import failed: git's own message, crash report removed."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            for pipe in (proc.stdin, proc.stdout):
-                try:
-                    if pipe is not None:
-                        pipe.close()
-                except OSError:
-                    pass
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            # fast-import leaves a crash report in the repository: it is ours, not the user's.
-            (self.git_dir / f"fast_import_crash_{proc.pid}").unlink(missing_ok=True)
+        self._stop(kill=False)
         self._stderr.seek(0)
         lines = [ln.strip() for ln in self._stderr.read().decode(errors="replace").splitlines()
                  if ln.strip()]
@@ -167,17 +153,26 @@ class FastImport:
 
     def close(self) -> None:
         """Stop fast-import if it is still running (an unfinished commit is discarded)."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            for pipe in (proc.stdin, proc.stdout):
-                try:
-                    if pipe is not None:
-                        pipe.close()
-                except OSError:
-                    pass
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            (self.git_dir / f"fast_import_crash_{proc.pid}").unlink(missing_ok=True)
+        self._stop(kill=True)
         self._stderr.close()
 
+    def _stop(self, *, kill: bool) -> None:
+        """Close the pipes and reap the process (killed at once if ``kill``, else after 30 s);
+        remove the crash report fast-import leaves in the repository: it is ours."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        for pipe in (proc.stdin, proc.stdout):
+            try:
+                if pipe is not None:
+                    pipe.close()
+            except OSError:
+                pass
+        try:
+            if kill and proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        (self.git_dir / f"fast_import_crash_{proc.pid}").unlink(missing_ok=True)
