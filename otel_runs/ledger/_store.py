@@ -232,7 +232,7 @@ class GitStore(StoreReader):
         raise BranchLost(
             f"ledger branch {self.branch} in {self.git_dir} was {how} by someone else (otel-runs "
             f"last wrote {last[:12]}); nothing is written until `otel-runs repair` rebuilds it "
-            "from the run tags")
+            f"from the run tags (to start a new history on purpose, delete {self.tip_file})")
 
     # -- writing -------------------------------------------------------------------------------
 
