@@ -3,7 +3,8 @@
 - ``GET /api/events``: ``text/event-stream`` of the app's hub (``run:started``,
   ``run:completed``, anything the host app publishes); resumes after
   ``Last-Event-ID`` (header, or ``?last_event_id=`` for a manual reconnect).
-- ``GET /api/runs/recent?limit=50&type=&status=``: newest first, ``limit`` <= 500.
+- ``GET /api/runs/recent?limit=50&type=&status=``: newest first, ``limit`` <= 500, at most
+  4 MiB of runs (then ``"truncated": true``).
 - ``GET /api/runs/<run_id>``: the run with its events and child spans.
 - ``GET /api/runs/search?q=&limit=10``: ``@run:`` autocomplete items.
 - ``GET /runs``: the live runs page (its script and style: ``/runs/assets/<name>``).
@@ -53,6 +54,9 @@ logger = logging.getLogger("otel_runs.api")
 
 #: Largest ``limit`` accepted by ``/api/runs/recent``.
 MAX_RECENT_LIMIT = 500
+#: Most bytes of runs in one ``/api/runs/recent`` answer (one run is at most 256 KiB); past
+#: it the list stops early and says ``"truncated": true``.
+MAX_RECENT_BYTES = 4 << 20
 #: Largest ``limit`` accepted by ``/api/runs/search``.
 MAX_SEARCH_LIMIT = 50
 _MAX_QUERY = 200
@@ -181,7 +185,15 @@ def recent_runs() -> Response:
     run_type = _choice_arg("type", RUN_TYPES)
     status = _choice_arg("status", STATUSES)
     runs = _ledger().recent(limit=limit, type=run_type, status=status)
-    return jsonify({"runs": [_with_trace_url(r) for r in runs], "limit": limit})
+    out: list[dict[str, Any]] = []
+    size = 0
+    for run in runs:  # the body is bounded in bytes too: a page of big runs stops early
+        data = _with_trace_url(run)
+        size += len(json.dumps(data, separators=(",", ":"), default=str))
+        if out and size > MAX_RECENT_BYTES:
+            break
+        out.append(data)
+    return jsonify({"runs": out, "limit": limit, "truncated": len(out) < len(runs)})
 
 
 @blueprint.get("/api/runs/search")

@@ -272,3 +272,25 @@ def test_big_runs_through_a_real_app_do_not_grow_the_server(git_repo: Path) -> N
     run = client.get(f"/api/runs/{ids[-1]}").get_json()["run"]
     assert len(json.dumps(run)) <= R.MAX_RUN_BYTES + RUN_SLACK
     assert "more keys dropped" in run["metadata"][R.TRUNCATED_KEY]
+
+
+def test_a_page_of_big_runs_is_bounded_in_bytes(git_repo: Path) -> None:
+    """Each run is within its own bound; the answer of /api/runs/recent is too (4 MiB), and
+    says when it stopped early."""
+    from otel_runs import api
+
+    otel_runs.configure(git_repo)
+    big = {f"k{i}": "x" * 4000 for i in range(60)}  # ~240 KB of metadata, under the run bound
+    for _ in range(24):
+        with otel_runs.tracked_run(git_repo, "deploy", "deploy:k8s", **big):
+            pass
+    app = Flask("bounded")
+    app.config["PROJECT_ROOT"] = str(git_repo)
+    RunTracking(app)
+    resp = app.test_client().get("/api/runs/recent?limit=24")
+    assert resp.status_code == 200
+    body = resp.get_json()
+    assert len(resp.data) <= api.MAX_RECENT_BYTES + 300_000
+    assert body["truncated"] is True and 0 < len(body["runs"]) < 24
+    small = app.test_client().get("/api/runs/recent?limit=3").get_json()
+    assert small["truncated"] is False and len(small["runs"]) == 3
