@@ -34,6 +34,7 @@ from .hub import (
     Event,
     SubscriberDroppedError,
     _dumps,
+    buffer_bytes,
     parse_event_id,
     validate_event_type,
 )
@@ -225,6 +226,10 @@ class _Follower:
         self.floor = start  # every event after this id is held here
         self.ids: deque[tuple[int, int]] = deque()
         self.events: deque[Event] = deque()
+        self.sizes: deque[int] = deque()
+        #: Bytes of event data held (bounded by ``buffer_bytes()`` as the in-process hub).
+        self.held_bytes = 0
+        self.max_bytes = buffer_bytes()
         self.cond = threading.Condition()
         self.alive = True
         self._thread = threading.Thread(target=self._run, name="otel-runs-redis-follower",
@@ -265,9 +270,14 @@ class _Follower:
                     for key, event in batch:
                         self.ids.append(key)
                         self.events.append(event)
-                    while len(self.ids) > capacity:
-                        self.floor = self.ids.popleft()
+                        size = len(event.data) + len(event.type) + 32
+                        self.sizes.append(size)
+                        self.held_bytes += size
+                    while len(self.ids) > capacity or (len(self.ids) > 1
+                                                       and self.held_bytes > self.max_bytes):
+                        self.floor = self.ids.popleft()  # readers further back use XRANGE
                         self.events.popleft()
+                        self.held_bytes -= self.sizes.popleft()
                     self.cond.notify_all()
         finally:
             with self.cond:

@@ -235,3 +235,22 @@ def test_the_follower_stops_without_readers_and_a_new_reader_starts_another(
     assert [e.id for e in _drain(sub, 3)] == ids
     sub.close()
     hub.close()
+
+
+def test_the_follower_holds_a_bounded_number_of_bytes(redis_url: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like the in-process buffer, what a process's follower keeps is bounded by bytes; a
+    reader further back reads on from Redis itself."""
+    monkeypatch.setenv("OTEL_RUNS_SSE_BUFFER_BYTES", str(300_000))
+    hub = RedisHub(redis_url, buffer_size=1000, client_queue=100)
+    reader = hub.subscribe()
+    ids = [hub.publish("big", {"blob": "x" * 50_000, "n": i}) for i in range(40)]
+    got = _drain(reader, 40)
+    assert [e.id for e in got] == ids  # nothing lost for the reader
+    follower = hub._follower
+    assert follower is not None
+    assert follower.held_bytes <= 300_000 + 60_000 and len(follower.events) < 40
+    late = hub.subscribe(ids[0])  # further back than the follower holds: from Redis
+    assert [e.id for e in _drain(late, 39)] == ids[1:]
+    reader.close()
+    late.close()
