@@ -27,6 +27,7 @@ from . import _attributes as A  # noqa: N812 - as in the core
 from . import _settings
 from ._model import Run
 from ._redact import metadata_json
+from .exporters._scrubbing import ScrubbingSpanExporter
 from .exporters.otlp import capture_export_logs, exporter_endpoint, otlp_exporter, otlp_requested
 
 __all__ = ["BackfillError", "NoEndpointConfiguredError", "export_otlp_command", "export_runs_to_otlp"]
@@ -200,12 +201,15 @@ def export_runs_to_otlp(
 
     exporter = otlp_exporter(endpoint)
     where = exporter_endpoint(exporter)
+    # Runs recorded before the scrubber existed (or written by other tools) are scrubbed on
+    # the way out, as every span otel-runs exports is.
+    sending = ScrubbingSpanExporter(exporter)
     done = 0
     try:
         for runs_done, batch in _batches(spans(), BATCH_SPANS):
             with capture_export_logs() as captured:
                 try:
-                    result = exporter.export(batch)
+                    result = sending.export(batch)
                 except Exception as exc:
                     captured.append(f"{type(exc).__name__}: {exc}")
                     result = SpanExportResult.FAILURE

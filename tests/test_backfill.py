@@ -3,6 +3,7 @@ receiver with their original ids and timestamps; idempotent; clear one-line erro
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -16,6 +17,7 @@ from opentelemetry.trace import Status, StatusCode, format_span_id, format_trace
 from otlp_receiver import OTLPGrpcReceiver, OTLPHttpReceiver, refused_endpoint
 
 import otel_runs
+from otel_runs import new_run_id
 from otel_runs.backfill import (
     BackfillError,
     NoEndpointConfiguredError,
@@ -200,3 +202,28 @@ def test_command_errors_are_one_line(history: dict[str, Any], tmp_path: Path) ->
     assert str(plain) in _one_line_error(_invoke("--project", str(plain), env=endpoint))
     assert "failed after 0 of 4 runs" in _one_line_error(
         _invoke("--project", str(history["root"]), env=endpoint))
+
+
+def test_secrets_in_stored_runs_are_scrubbed_on_the_way_out(git_repo: Path) -> None:
+    """A run written into the ledger as it is (by an older otel-runs or another tool) with a
+    token in its metadata and summary leaves through export-otlp scrubbed."""
+    from otel_runs.ledger._store import GitStore
+
+    token = "ghp_" + "Zq9Xv" * 8
+    run = {"run_id": new_run_id(), "type": "deploy", "subtype": "deploy:k8s", "status": "ok",
+           "summary": f"pushed with {token}", "started_at": "2026-12-01T10:00:00.000000Z",
+           "ended_at": "2026-12-01T10:00:01.000000Z", "duration_ms": 1000.0,
+           "metadata": {"api_key": "plain-secret-value", "url": f"https://u:{token}@git.example"},
+           "trace_id": "1" * 32, "span_id": "2" * 16, "parent_run_id": None,
+           "service": "old", "events": []}
+    with GitStore(git_repo) as store:
+        assert store.write_batch([(run, [])]) == 1
+    recv = OTLPHttpReceiver()
+    try:
+        assert export_runs_to_otlp(git_repo, endpoint=recv.endpoint) == 1
+        spans = recv.wait_for(lambda s: len(s) >= 1 and s)
+        text = json.dumps(spans)
+        assert "Zq9Xv" not in text and "plain-secret-value" not in text
+        assert "pushed with" in text
+    finally:
+        recv.stop()
