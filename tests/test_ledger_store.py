@@ -17,7 +17,7 @@ import pytest
 from conftest import git, user_state
 
 from otel_runs._ids import InvalidRunId, new_run_id
-from otel_runs.ledger import _store as store_module
+from otel_runs.ledger import _maintenance as maintenance_module
 from otel_runs.ledger import _tags as tags_module
 from otel_runs.ledger._errors import NotAGitRepository, PoisonRecords
 from otel_runs.ledger._layout import run_path
@@ -533,8 +533,8 @@ def test_processes_and_threads_write_one_ledger_exactly_once(git_repo: Path, tmp
 
 
 def test_maintenance_packs_tags_and_rolls_up_packs(git_repo: Path, monkeypatch):
-    monkeypatch.setattr(store_module, "PACK_REFS_EVERY_RUNS", 20)
-    monkeypatch.setattr(store_module, "REPACK_EVERY_COMMITS", 4)
+    monkeypatch.setattr(maintenance_module, "PACK_REFS_EVERY_RUNS", 20)
+    monkeypatch.setattr(maintenance_module, "REPACK_EVERY_COMMITS", 4)
     before = user_state(git_repo)
     with GitStore(git_repo) as s:
         for b in range(16):

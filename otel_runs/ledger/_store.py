@@ -39,10 +39,12 @@ from typing import Any
 
 from .._ids import validate_run_id
 from .._model import Run
-from ._errors import BranchLost, LedgerError, PoisonRecords
+from ._branch_guard import check_branch as guard_branch
+from ._errors import LedgerError, PoisonRecords
 from ._fast_import import FastImport
 from ._git import discover, empty_tree, git_command, git_env, run_lines, split_z
 from ._layout import RUN_FILE, SPANS_FILE, format_index_line, run_path
+from ._maintenance import count_and_maintain, maintain_now
 from ._store_read import COUNT_TRAILER, MAX_ID_TRAILER, UNKNOWN_MAX, Commit, StoreReader
 from ._tags import repair_pending_tags, tag_runs, use_packed_tags, write_pending
 
@@ -54,10 +56,6 @@ _LOCK_TIMEOUT_S = 60.0
 _MAX_ATTEMPTS = 200
 #: A built commit that fails its check is rebuilt from a fresh read this many times.
 _MAX_CHECK_FAILURES = 3
-#: Maintenance cadence (per ledger, counted across processes under the write lock).
-PACK_REFS_EVERY_RUNS = 1_000
-REPACK_EVERY_COMMITS = 20
-GC_AUTO_EVERY_COMMITS = 250
 
 #: run id -> (run dict, run.json bytes, spans.jsonl bytes or None, index line)
 Prepared = dict[str, tuple[dict[str, Any], bytes, bytes | None, str]]
@@ -201,38 +199,9 @@ class GitStore(StoreReader):
         tmp.write_text(oid + "\n", "ascii")
         os.replace(tmp, self.tip_file)
 
-    def _object_exists(self, oid: str) -> bool:
-        return self._run_git("cat-file", "-e", f"{oid}^{{commit}}", check=False).returncode == 0
-
-    def has_run_tags(self) -> bool:
-        """Whether any run tag exists."""
-        if self.tag_prefix is None:
-            return False
-        out = self._run_git("for-each-ref", "--count=1", "--format=%(refname)",
-                            f"refs/tags/{self.tag_prefix}").stdout
-        return bool(out.strip())
-
     def check_branch(self, tip: Commit | None) -> None:
         """Raise :class:`BranchLost` if the branch no longer holds what otel-runs wrote."""
-        last = self.last_tip()
-        if last is None or (tip is not None and tip.oid.hex() == last):
-            return
-        if tip is not None:
-            if self._run_git("merge-base", "--is-ancestor", last, tip.oid.hex(),
-                             check=False).returncode == 0:
-                return
-            how = f"moved to {tip.oid.hex()[:12]}, which does not contain it"
-        else:
-            if not self._object_exists(last) and not self.has_run_tags():
-                logger.warning("ledger %s: branch %s is gone and so are its runs' tags and "
-                               "commits; starting a new history", self.git_dir, self.branch)
-                self.tip_file.unlink(missing_ok=True)
-                return
-            how = "deleted"
-        raise BranchLost(
-            f"ledger branch {self.branch} in {self.git_dir} was {how} by someone else (otel-runs "
-            f"last wrote {last[:12]}); nothing is written until `otel-runs repair` rebuilds it "
-            f"from the run tags (to start a new history on purpose, delete {self.tip_file})")
+        guard_branch(self, tip)
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -275,7 +244,7 @@ class GitStore(StoreReader):
                                               new_ids)
                     if loose is not None:
                         if self.auto_maintenance:
-                            self._count_and_maintain(loose)
+                            count_and_maintain(self, loose)
                         return len(new_ids)
                 # Someone moved the branch without our lock (or a ref was locked): rebuild on the
                 # new tip. The objects just written are unreferenced; gc drops them later.
@@ -441,44 +410,10 @@ class GitStore(StoreReader):
 
     # -- maintenance ---------------------------------------------------------------------------
 
-    def _count_and_maintain(self, runs: int) -> None:
-        """Count commits/runs across processes (we hold the flock) and maintain when due."""
-        state_file = self.private_dir / "maintenance.json"
-        try:
-            state = json.loads(state_file.read_text())
-            commits, loose_runs = int(state["commits"]), int(state["loose_runs"])
-        except (OSError, ValueError, KeyError, TypeError):
-            commits, loose_runs = 0, 0
-        commits += 1
-        loose_runs += runs
-        try:
-            try:  # pack-refs rewrites every packed tag: keep its amortized cost per run flat
-                packed = (self.git_dir / "packed-refs").stat().st_size // 80
-            except OSError:
-                packed = 0
-            due = max(PACK_REFS_EVERY_RUNS, packed // 20)
-            if self.tag_prefix is not None and loose_runs >= due:
-                self._run_git("pack-refs")
-                loose_runs = 0
-            if commits % REPACK_EVERY_COMMITS == 0:
-                self._run_git("repack", "-d", "-q", "--geometric=2")
-            if commits % GC_AUTO_EVERY_COMMITS == 0:
-                self._run_git("gc", "--auto", "--quiet")
-        except LedgerError as exc:
-            logger.warning("ledger maintenance failed (the ledger is fine): %s", exc)
-        try:
-            tmp = state_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"commits": commits, "loose_runs": loose_runs}))
-            os.replace(tmp, state_file)
-        except OSError as exc:
-            logger.warning("ledger maintenance state not saved (the ledger is fine): %s", exc)
-
     def maintenance(self) -> None:
         """Pack the run tags, roll up small packs and let ``git gc --auto`` run, now."""
         with self._write_lock, self._file_lock():
-            self._run_git("pack-refs")
-            self._run_git("repack", "-d", "-q", "--geometric=2")
-            self._run_git("gc", "--auto", "--quiet")
+            maintain_now(self)
 
 
 _STORES: weakref.WeakSet[GitStore] = weakref.WeakSet()
