@@ -242,9 +242,9 @@ def discover(project_root: str | os.PathLike[str]) -> tuple[Path, str]:
     return common, algo
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     """fsync a directory (its new or renamed entries survive a power loss)."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import LedgerError
+from ._git import fsync_dir
 from ._journal_dead import DeadJournal, dead_journals
 
 __all__ = ["DeadJournal", "JournalUnavailable", "JournalWriter", "dead_journals", "encode_line",
@@ -86,14 +87,6 @@ class JournalUnavailable(LedgerError):  # noqa: N818 - reads as what happened
         super().__init__(f"could not journal the {what} of run {run_id} in {journal_dir}: "
                          f"{error} (OTEL_RUNS_ON_JOURNAL_ERROR=raise; the run is kept in memory "
                          "and committed when writing works again)")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class JournalWriter:
@@ -176,7 +169,7 @@ class JournalWriter:
                 _write_all(fd, data)
             if self.fsync:
                 os.fdatasync(fd)
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
         except BaseException:
             os.close(fd)
             try:

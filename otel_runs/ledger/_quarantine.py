@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .._ids import is_run_id
+from ._git import fsync_dir
 
 __all__ = ["QUARANTINE_DIR", "Quarantined", "quarantine", "quarantined"]
 
@@ -79,14 +80,6 @@ def _read(path: Path) -> Quarantined:
                        _stored_line(data))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def quarantine(journal_dir: Path, line: bytes, reason: str, *, claimed_id: str | None,
                source: str) -> tuple[Path, bool]:
     """Keep ``line`` aside with ``reason``; return its file and whether it is new
@@ -122,7 +115,7 @@ def quarantine(journal_dir: Path, line: bytes, reason: str, *, claimed_id: str |
             os.close(fd)
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(qdir)
+    fsync_dir(qdir)
     return path, True
 
 

@@ -64,20 +64,10 @@ def matches(run: dict[str, Any], text: str) -> bool:
 
 
 def merge(mine: list[dict[str, Any]], stored: Iterable[dict[str, Any]], limit: int) -> list[Run]:
-    """The newest ``limit`` runs of both, each id once (this process's copy first)."""
-    out: list[Run] = []
-    seen: set[str] = set()
-    for data in sorted([*mine, *stored], key=_key, reverse=True):
-        rid = _key(data)
-        if rid in seen:
-            continue
-        seen.add(rid)
-        run = to_run(data)
-        if run is not None:
-            out.append(run)
-            if len(out) >= limit:
-                break
-    return out
+    """The newest ``limit`` runs of both (``stored`` newest first), each id once (this
+    process's copy first)."""
+    return list(itertools.islice(merge_iter(sorted(mine, key=_key, reverse=True), stored),
+                                 limit))
 
 
 def merge_iter(mine: list[dict[str, Any]], stored: Iterable[dict[str, Any]]) -> Iterator[Run]:
