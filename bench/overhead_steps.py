@@ -36,7 +36,7 @@ import otel_runs
 from otel_runs._context import STARTING_RUN_KEY, run_context
 from otel_runs._decorator import _json_object, _with_run_id
 from otel_runs._ids import now_run_id
-from otel_runs.exporters._run_processor import OpenRun, run_closed, run_opening
+from otel_runs._open_runs import OpenRun, run_closed, run_opening
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import overhead  # noqa: E402  (the cases a and b, and the no-op processor)

@@ -20,9 +20,9 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from . import _attributes as A
 from ._context import STARTING_RUN_KEY, parent_run_id, run_context
 from ._ids import now_run_id
+from ._open_runs import OpenRun, run_closed, run_opening
 from ._setup import project_root_for_run, run_tracer
 from ._taxonomy import validate_run_type
-from .exporters._run_processor import OpenRun, run_closed, run_opening
 from .redaction import (
     EVENTS_DROPPED,
     MAX_EVENT_BYTES,

@@ -41,12 +41,12 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import _settings, _streams, web_security
+from . import _settings, web_security
 from ._ids import InvalidRunId, validate_run_id
 from ._model import STATUSES, Run
 from ._taxonomy import RUN_TYPES
 from .exporters.sse import SSESpanProcessor
-from .hub import Hub, get_hub, hub_from_settings
+from .live import Hub, _streams, get_hub, hub_from_settings
 
 __all__ = ["MAX_RECENT_LIMIT", "MAX_SEARCH_LIMIT", "blueprint", "register", "trace_url_template"]
 

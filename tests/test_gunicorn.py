@@ -14,7 +14,7 @@ import pytest
 import requests
 from conftest import free_port, git, port_open, stop_child, wait_until
 
-from otel_runs.hub import parse_event_id
+from otel_runs.live import parse_event_id
 
 gunicorn_module = pytest.importorskip(
     "gunicorn", reason="gunicorn is a test dependency (pip install -e '.[test]')")

@@ -8,7 +8,7 @@ import time
 import pytest
 from flask import Flask
 
-from otel_runs.hub import (
+from otel_runs.live import (
     RESET_EVENT,
     EventHub,
     SubscriberDroppedError,

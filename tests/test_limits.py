@@ -18,8 +18,8 @@ from opentelemetry import trace
 import otel_runs
 from otel_runs import redaction as R
 from otel_runs.flask import RunTracking
-from otel_runs.hub import RESET_EVENT, EventHub, get_hub
 from otel_runs.ledger import ledger_for
+from otel_runs.live import RESET_EVENT, EventHub, get_hub
 
 #: Slack for a run's fixed fields (ids, times, keys) and JSON punctuation.
 RUN_SLACK = 16_384

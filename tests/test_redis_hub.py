@@ -15,10 +15,10 @@ from flask import Flask
 import otel_runs
 from otel_runs import api
 from otel_runs.flask import RunTracking
-from otel_runs.hub import RESET_EVENT, get_hub, hub_from_settings, parse_event_id
+from otel_runs.live import RESET_EVENT, get_hub, hub_from_settings, parse_event_id
 
 redis = pytest.importorskip("redis", reason="the 'redis' extra is not installed")
-from otel_runs._redis_hub import RedisHub  # noqa: E402
+from otel_runs.live._redis import RedisHub  # noqa: E402
 
 
 def _followed(hub: RedisHub, count: int) -> None:
@@ -71,7 +71,7 @@ def test_trimmed_or_unknown_ids_get_reset(redis_url: str) -> None:
 
 
 def test_a_lagging_reader_is_dropped(redis_url: str) -> None:
-    from otel_runs.hub import SubscriberDroppedError
+    from otel_runs.live import SubscriberDroppedError
 
     hub = RedisHub(redis_url, buffer_size=200, client_queue=5, slow_after=0.0)
     sub = hub.subscribe()
@@ -218,7 +218,7 @@ def test_stream_on_one_worker_sees_runs_of_another(
 def test_the_follower_stops_without_readers_and_a_new_reader_starts_another(
         redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker with no page open stops reading every event from Redis."""
-    from otel_runs import _redis_hub
+    from otel_runs.live import _redis as _redis_hub
 
     monkeypatch.setattr(_redis_hub, "_FOLLOWER_IDLE", 0.3)
     hub = RedisHub(redis_url)

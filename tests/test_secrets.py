@@ -25,7 +25,7 @@ from otlp_receiver import OTLPHttpReceiver
 import otel_runs
 from otel_runs.exporters import ScrubbingSpanExporter
 from otel_runs.flask import RunTracking
-from otel_runs.hub import get_hub
+from otel_runs.live import get_hub
 from otel_runs.redaction import REDACTED, clean_metadata, is_secret_key, scrub_text
 
 MARK = re.compile("zq9xv", re.I)

@@ -78,7 +78,8 @@ def test_run_processors_ahead_of_and_behind_otel_runs_own_see_the_same(tmp_path:
     one added afterwards does (both ways of finding a span's run)."""
     out = _run_python(COLLECT + """
     from opentelemetry.sdk.trace import TracerProvider
-    from otel_runs.exporters import _run_processor, run_project_root
+    from otel_runs import _open_runs as _run_processor
+    from otel_runs.exporters import run_project_root
 
     class Seeing(RunProcessor):
         def __init__(self): self.seen = []

@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 import otel_runs
 from otel_runs import api
 from otel_runs.flask import RunTracking
-from otel_runs.hub import RESET_EVENT, get_hub, parse_event_id
+from otel_runs.live import RESET_EVENT, get_hub, parse_event_id
 
 
 def make_app(root: Path, **config: Any) -> Flask:

@@ -20,9 +20,9 @@ from conftest import free_port, port_open, stop_child, wait_until
 from flask import Flask
 
 import otel_runs
-from otel_runs._streams import DEFAULT_SEND_TIMEOUT
 from otel_runs.flask import RunTracking
-from otel_runs.hub import get_hub
+from otel_runs.live import get_hub
+from otel_runs.live._streams import DEFAULT_SEND_TIMEOUT
 
 gunicorn_module = pytest.importorskip(
     "gunicorn", reason="gunicorn is a test dependency (pip install -e '.[test]')")
@@ -37,7 +37,7 @@ APP = textwrap.dedent(f'''
 
     import otel_runs
     from otel_runs.flask import RunTracking
-    from otel_runs.hub import get_hub
+    from otel_runs.live import get_hub
 
     app = Flask("limits_app")
     app.config["PROJECT_ROOT"] = os.environ["OTEL_RUNS_PROJECT_ROOT"]

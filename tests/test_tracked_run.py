@@ -124,7 +124,7 @@ def test_the_project_of_a_run_is_known_in_process_and_not_on_the_span(tmp_path) 
     assert seen == [("start", "deploy:k8s", root), ("start", "kubectl apply", root),
                     ("end", "kubectl apply", root), ("end", "deploy:k8s", root),
                     ("start", "outside", None), ("end", "outside", None)]
-    from otel_runs.exporters import _run_processor
+    from otel_runs import _open_runs as _run_processor
     # nothing kept once the run and its spans ended
     assert run.run_id not in _run_processor._by_run_id
     assert run.span.get_span_context().span_id not in _run_processor._by_span_id

@@ -9,7 +9,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 from .._attributes import RUN_TYPE
 from .._model import Run
-from ..hub import Hub
+from ..live import Hub
 from ._run_processor import RunProcessor, run_project_root
 
 __all__ = ["RUN_COMPLETED", "RUN_STARTED", "SSESpanProcessor"]

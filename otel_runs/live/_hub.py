@@ -14,7 +14,7 @@ integer pairs. In-process, ``epoch`` is the hub's start time in milliseconds, so
 ids keep increasing across a server restart and an id from an earlier process is
 recognised (the reader gets a ``reset`` event telling it to reload).
 With ``OTEL_RUNS_REDIS_URL`` set, :func:`hub_from_settings` returns the Redis
-backed hub (:mod:`otel_runs._redis_hub`), shared by every process and host.
+backed hub (:mod:`otel_runs.live._redis`), shared by every process and host.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from functools import cached_property
 from itertools import islice
 from typing import Any, Protocol
 
-from . import _settings
+from .. import _settings
 
 __all__ = [
     "DEFAULT_BUFFER_BYTES",
@@ -151,6 +151,10 @@ class Hub(Protocol):
     def publish_nowait(self, event_type: str, data: Any) -> None:
         """Publish without ever blocking the caller (may drop, with a warning)."""
 
+    def publish_json(self, event_type: str, text: str) -> None:
+        """:meth:`publish_nowait` of data already encoded as JSON (``text``): how the
+        SSE processor hands over a run encoded once for the journal and the feed."""
+
     def subscribe(self, last_event_id: str | None = None) -> Subscription:
         """Follow the hub; replay events after ``last_event_id`` (or a ``reset``)."""
 
@@ -220,7 +224,14 @@ class EventHub:
     def publish(self, event_type: str, data: Any) -> str:
         """Append an event (``data`` is JSON-encoded) and wake the readers; return its id."""
         validate_event_type(event_type)
-        text = _dumps(data)
+        return self._append(event_type, _dumps(data))
+
+    def publish_json(self, event_type: str, text: str) -> None:
+        """Append an event whose data is JSON text already (not checked again)."""
+        validate_event_type(event_type)
+        self._append(event_type, text)
+
+    def _append(self, event_type: str, text: str) -> str:
         with self._cond:
             self._seq += 1
             event = Event(self._event_id(self._seq), event_type, text)
@@ -361,7 +372,7 @@ def hub_from_settings(buffer_size: int = DEFAULT_BUFFER_SIZE,
     (its replay buffer bounded by ``OTEL_RUNS_SSE_BUFFER_BYTES`` too)."""
     url = redis_url()
     if url:
-        from ._redis_hub import RedisHub
+        from ._redis import RedisHub
 
         return RedisHub(url, buffer_size=buffer_size, client_queue=client_queue,
                         slow_after=slow_after)

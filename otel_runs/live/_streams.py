@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .hub import Hub, SubscriberDroppedError, Subscription
+from ._hub import Hub, SubscriberDroppedError, Subscription
 
 __all__ = [
     "DEFAULT_MAX_STREAMS",

@@ -25,8 +25,8 @@ import time
 from collections import deque
 from typing import Any
 
-from ._ratelimit import RateLimitedLog
-from .hub import (
+from .._ratelimit import RateLimitedLog
+from ._hub import (
     DEFAULT_BUFFER_SIZE,
     DEFAULT_CLIENT_QUEUE,
     DEFAULT_SLOW_AFTER,
@@ -98,10 +98,14 @@ class RedisHub:
 
     def publish_nowait(self, event_type: str, data: Any) -> None:
         """Queue the event for the background sender; drop it (warning) if the queue is full."""
+        self.publish_json(event_type, _dumps(data))
+
+    def publish_json(self, event_type: str, text: str) -> None:
+        """:meth:`publish_nowait` of data already encoded as JSON."""
         validate_event_type(event_type)
         self._ensure_sender()
         try:
-            self._outbox.put_nowait((event_type, _dumps(data)))
+            self._outbox.put_nowait((event_type, text))
         except queue.Full:
             _warn.warning("redis-hub-full", "otel-runs: Redis event queue full (%d); dropping %s "
                           "events until %s answers", _PUBLISH_QUEUE, event_type, self.url)
