@@ -8,9 +8,12 @@ Cases, interleaved round by round (shuffled order) through the Flask test client
   b  + ``@run_tracked`` and a RunProcessor that does nothing (ledger off)
   c  + the git ledger on (journal write on the request path, commits in the background),
      when ``otel_runs.exporters.ledger`` is available
+  d  the default wiring, ``RunTracking(app)``: ledger + live feed (each run encoded once
+     for the journal and the feed), the API blueprint, FlaskInstrumentor through otel-runs
   s  for scale: case a plus one plain nested span in the view (no otel-runs at all)
 Prints the median per-request time of each case and, as medians of per-round ratios,
-b/a (goal <= 1.2), c/a (goal <= 1.25) and s/a (what any extra span costs here).
+b/a (goal <= 1.2), c/a (goal <= 1.25), d/a (goal <= 1.35) and s/a (what any extra span
+costs here).
 """
 
 from __future__ import annotations
@@ -84,6 +87,17 @@ def tracked(root: Path, name: str) -> Flask:
     FlaskInstrumentor().instrument_app(app, tracer_provider=otel_runs.configure(root))
     app.add_url_rule("/k8s/apply", "apply", otel_runs.run_tracked("deploy", "deploy:k8s")(_view),
                      methods=["POST"])
+    return app
+
+
+def default_wiring(root: Path) -> Flask:
+    from otel_runs.flask import RunTracking
+
+    app = Flask("d")
+    app.config["PROJECT_ROOT"] = str(root)
+    app.add_url_rule("/k8s/apply", "apply", otel_runs.run_tracked("deploy", "deploy:k8s")(_view),
+                     methods=["POST"])
+    RunTracking(app)
     return app
 
 
@@ -164,6 +178,10 @@ def main() -> None:
         subprocess.run(["git", "init", "-q", str(repo)], check=True)
         otel_runs.configure(repo, ledger=True)
         cases["c"] = lambda: tracked(repo, "c")
+        wired = tmp / "wired"
+        wired.mkdir()
+        subprocess.run(["git", "init", "-q", str(wired)], check=True)
+        cases["d"] = lambda: default_wiring(wired)
     except ImportError:
         print("ledger not available: case c skipped")
     cases["s"] = nested_span
@@ -173,12 +191,15 @@ def main() -> None:
     otel_runs.flush()
     labels = {"a": "FlaskInstrumentor only", "b": "+ @run_tracked, no-op RunProcessor",
               "c": "+ git ledger (journal on request path)",
+              "d": "RunTracking(app): ledger + live feed",
               "s": "a + one plain nested span (for scale)"}
     for name, value in med.items():
         print(f"{name}  {labels[name]:<42} median {value:8.1f} us/request")
     print(f"ratio b/a = {ratio['b']:.2f}  (goal <= 1.20)")
     if "c" in ratio:
         print(f"ratio c/a = {ratio['c']:.2f}  (goal <= 1.25)")
+    if "d" in ratio:
+        print(f"ratio d/a = {ratio['d']:.2f}  (goal <= 1.35)")
     print(f"ratio s/a = {ratio['s']:.2f}  (for scale: one plain span, no otel-runs)")
     otel_runs.shutdown()
 

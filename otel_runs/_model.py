@@ -23,7 +23,7 @@ from .redaction import (
     jsonable,
 )
 
-__all__ = ["MAX_NS", "Run", "RunStatus", "STATUSES", "clamp_ns", "iso_from_ns"]
+__all__ = ["MAX_NS", "RUN_FIELDS", "Run", "RunStatus", "STATUSES", "clamp_ns", "iso_from_ns"]
 
 logger = logging.getLogger("otel_runs")
 
@@ -191,6 +191,8 @@ def span_events(span: ReadableSpan) -> list[dict[str, Any]]:
 
 
 _FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Run))
+#: The fields of a Run, in order (the keys of ``Run.to_dict()``).
+RUN_FIELDS = _FIELD_NAMES
 _FIELD_SET = frozenset(_FIELD_NAMES)
 
 

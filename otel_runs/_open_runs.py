@@ -9,17 +9,19 @@ reading span attributes, and find the project a span belongs to
 
 from __future__ import annotations
 
+import json
+
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span
 
 from . import _attributes as A
 from ._context import STARTING_RUN_KEY
-from ._model import Run, iso_from_ns, parse_metadata, span_events
+from ._model import RUN_FIELDS, Run, iso_from_ns, parse_metadata, span_events
 
 __all__ = ["CHILD_OF", "MAX_CHILD_SPANS", "RUN_OF", "OpenRun", "child_run_id", "child_spans",
            "note_dropped_span", "open_run_of", "open_runs_by_span", "run_closed", "run_opening",
-           "run_project_root", "starting_run"]
+           "run_json", "run_project_root", "starting_run"]
 
 
 class OpenRun:
@@ -32,7 +34,8 @@ class OpenRun:
     process whose processors take spans, as the ledger's does, builds none)."""
 
     __slots__ = ("run_id", "root", "span_id", "journal_error", "spans_dropped", "_fields",
-                 "_trace_id", "_resource", "_start", "_final", "_end")
+                 "_trace_id", "_resource", "_start", "_final", "_end", "_start_json",
+                 "_end_json")
 
     def __init__(self, root: str | None, run_id: str, run_type: str, subtype: str, summary: str,
                  start_ns: int, metadata_json: str, parent_run_id: str | None) -> None:
@@ -51,6 +54,8 @@ class OpenRun:
         self._start: Run | None = None
         self._final: tuple[str, str, str | None, int] | None = None
         self._end: Run | None = None
+        self._start_json: str | None = None
+        self._end_json: str | None = None
 
     def bind(self, span: Span) -> None:
         """The run span started: note its ids."""
@@ -59,7 +64,7 @@ class OpenRun:
         self.span_id = span_id
         self._trace_id, self._resource = ctx.trace_id, span.resource
         _by_span_id[span_id] = self
-        self._start = None  # (re)built with the ids on first use
+        self._start = self._start_json = None  # (re)built with the ids on first use
 
     @property
     def start(self) -> Run:
@@ -97,6 +102,40 @@ class OpenRun:
                           span_events(span))
             self._end = run
         return run
+
+    def start_json(self) -> str | None:
+        """:attr:`start` as ``Run.to_dict()`` JSON, encoded once for every consumer (the
+        journal and the live feed get the same text); None if it cannot be encoded
+        strictly (the consumer then takes the slow, normalising path)."""
+        text = self._start_json
+        if text is None:
+            text = self._start_json = run_json(self.start)
+        return text or None
+
+    def end_json(self, span: ReadableSpan) -> str | None:
+        """:meth:`end_run` as JSON, encoded once (see :meth:`start_json`)."""
+        text = self._end_json
+        if text is None:
+            text = self._end_json = run_json(self.end_run(span))
+        return text or None
+
+
+#: Compact JSON of a Run: UTF-8 as it is, no NaN/Infinity (``Run.to_dict()`` holds only
+#: JSON types already; ``default=str`` for anything a custom processor put there).
+_RUN_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False,
+                                default=str)
+
+
+def run_json(run: Run) -> str:
+    """``run.to_dict()`` as compact JSON text without copying it first; "" when it cannot
+    be encoded strictly (NaN, a lone surrogate, ...)."""
+    try:
+        text: str = _RUN_ENCODER.encode({name: getattr(run, name) for name in RUN_FIELDS})
+        if not text.isascii():
+            text.encode("utf-8")  # a lone surrogate fails here, not in a consumer
+    except (ValueError, TypeError, RecursionError):  # (UnicodeEncodeError is a ValueError)
+        return ""
+    return text
 
 
 #: Open run spans by run id and, once started, by span id; ``RunScope`` adds and

@@ -26,6 +26,7 @@ from conftest import git, wait_until
 
 import otel_runs
 from otel_runs.ledger import JournalUnavailable, Ledger, ledger_for
+from otel_runs.ledger._journal_records import record_run_id
 
 
 def _mount(*args: str) -> subprocess.CompletedProcess[str]:
@@ -106,7 +107,7 @@ def journal_ids(ledger: Ledger) -> set[str]:
             except ValueError:
                 raise AssertionError(f"{segment.name}:{number}: torn line {line[:80]!r}") from None
             if rec["e"] == "end":
-                ids.add(rec["span"]["attrs"]["run.id"])
+                ids.add(record_run_id(rec))
     return ids
 
 

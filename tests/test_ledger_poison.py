@@ -88,7 +88,7 @@ def test_poison_in_process_is_quarantined_next_to_good_runs(
     good = []
     for i in range(3):
         with otel_runs.tracked_run(git_repo, "test", "test:unit", summary=f"good {i}") as run:
-            run.span.set_attribute("ratio", float("nan"))
+            run.metadata["ratio"] = float("nan")
         good.append(run.run_id)
     with otel_runs.tracked_run(git_repo, "deploy", "deploy:k8s") as far:
         far.span.add_event("far future", timestamp=10**30)
@@ -242,8 +242,16 @@ def dead_journal(root: Path) -> tuple[list[str], Path]:
 def poison_lines(segment: Path) -> tuple[dict[str, str], list[str], bytes]:
     """Lines to add to a dead journal: ({kind: run id} to be committed normalised, run ids
     to be quarantined, the bytes)."""
-    template = next(json.loads(line) for line in segment.read_text().splitlines()
-                    if line.startswith('{"e":"end"'))
+    end = next(json.loads(line) for line in segment.read_text().splitlines()
+               if line.startswith('{"e":"end"'))
+    # A run span's raw-data record (what ``Ledger.record_span`` journals), to vary.
+    run = end["run"]
+    start_ns = 1_700_000_000_000_000_000
+    template = {"e": "end", "spans": [], "span": {
+        "name": run["subtype"], "trace_id": 1, "span_id": 2, "start": start_ns,
+        "end": start_ns + 1_000_000, "events": [], "service": run["service"],
+        "attrs": {"run.id": run["run_id"], "run.type": run["type"],
+                  "run.subtype": run["subtype"], "run.status": run["status"]}}}
 
     def variant(**span: Any) -> tuple[str, bytes]:
         rec = json.loads(json.dumps(template))

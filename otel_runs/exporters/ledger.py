@@ -124,6 +124,16 @@ class LedgerSpanExporter(SpanExporter):
         run_id = str((span.attributes or {})[RUN_ID])
         self.ledger.record_span(span, self._take_children(run_id))
 
+    def record_open_run(self, entry: OpenRun, span: ReadableSpan) -> None:
+        """Record the finished run span of ``entry`` with its child spans, from the Run
+        JSON the processors share (``OpenRun.end_json``: encoded once, also what the live
+        feed sends); from the span's raw data when that JSON cannot be made."""
+        text = entry.end_json(span)
+        if text is None:
+            self.record_run_span(span)
+            return
+        self.ledger.record_encoded(entry.run_id, text, self._take_children(entry.run_id))
+
     def record_run(self, run: Run) -> None:
         """Record a finished :class:`~otel_runs.Run` with the child spans kept for it."""
         self.ledger.record(run, self._take_children(run.run_id))
@@ -165,7 +175,11 @@ class LedgerRunProcessor(RunProcessor):
             return
         try:
             self._open.add(entry.run_id)
-            self.exporter.ledger.record_span_started(span)
+            text = entry.start_json()
+            if text is None:
+                self.exporter.ledger.record_span_started(span)
+            else:
+                self.exporter.ledger.record_encoded(entry.run_id, text, started=True)
         except JournalUnavailable as exc:  # (already logged by the ledger)
             entry.journal_error = exc
         except Exception:
@@ -177,7 +191,7 @@ class LedgerRunProcessor(RunProcessor):
             return
         try:
             self._open.discard(entry.run_id)
-            self.exporter.record_run_span(span)
+            self.exporter.record_open_run(entry, span)
         except JournalUnavailable as exc:  # (already logged by the ledger)
             entry.journal_error = exc
         except Exception:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan, Span
 
 from .._attributes import RUN_TYPE
 from .._model import Run
+from .._open_runs import OpenRun
 from ..live import Hub
 from ._run_processor import RunProcessor, run_project_root
 
@@ -21,10 +22,10 @@ RUN_COMPLETED = "run:completed"
 class SSESpanProcessor(RunProcessor):
     """Publishes each run to ``hub`` when it starts and when it ends.
 
-    The event data is ``Run.to_dict()`` (the API's JSON). Publishing uses the
-    hub's ``publish_nowait``: no I/O and no waiting on clients for the in-process
-    hub, a bounded background queue for the Redis one. With ``project_root``
-    set, only runs recorded for that project are published.
+    The event data is ``Run.to_dict()`` (the API's JSON), as the text the open run
+    encoded once for every consumer (the journal line holds the same text). Publishing
+    never waits on clients (the hub's ``publish_json``). With ``project_root`` set,
+    only runs recorded for that project are published.
     """
 
     def __init__(self, hub: Hub, project_root: str | os.PathLike[str] | None = None) -> None:
@@ -38,6 +39,35 @@ class SSESpanProcessor(RunProcessor):
         if RUN_TYPE not in attrs:
             return False
         return self.project_root is None or run_project_root(span) == self.project_root
+
+    def _mine(self, entry: OpenRun, span: ReadableSpan) -> bool:
+        if type(self).accepts is not SSESpanProcessor.accepts:  # a subclass decides
+            return self._accepts(span)
+        return self.project_root is None or entry.root == self.project_root
+
+    def _run_started(self, entry: OpenRun, span: Span) -> None:
+        if not self._mine(entry, span):
+            return
+        try:
+            text = entry.start_json()
+            if text is None:
+                self.hub.publish_nowait(RUN_STARTED, entry.start.to_dict())
+            else:
+                self.hub.publish_json(RUN_STARTED, text)
+        except Exception:
+            self._hook_failed("on_run_start")
+
+    def _run_ended(self, entry: OpenRun, span: ReadableSpan) -> None:
+        if not self._mine(entry, span):
+            return
+        try:
+            text = entry.end_json(span)
+            if text is None:
+                self.hub.publish_nowait(RUN_COMPLETED, entry.end_run(span).to_dict())
+            else:
+                self.hub.publish_json(RUN_COMPLETED, text)
+        except Exception:
+            self._hook_failed("on_run_end")
 
     def on_run_start(self, run: Run) -> None:
         self.hub.publish_nowait(RUN_STARTED, run.to_dict())

@@ -9,10 +9,10 @@ Layout, under ``<git common dir>/otel-runs/journal-<branch>-<hash>/``:
   writer is gone: the kernel drops an ``flock`` when the process dies, so pid reuse
   cannot make a dead writer look alive.
 * ``<writer>.<segment>.jsonl`` — the writer's append-only segments, one JSON
-  object a line: ``{"e": "start", "span": {...}}`` when a run starts and
-  ``{"e": "end", "span": {...}, "spans": [...]}`` when it ends (``span``: the run
-  span's raw data, see ``_journal_records``; or ``run``: a ``Run.to_dict()``;
-  ``spans``: the child spans). A line is written
+  object a line: ``{"e": "start", "run": {...}}`` when a run starts and
+  ``{"e": "end", "run": {...}, "spans": [...]}`` when it ends (``run``: a
+  ``Run.to_dict()``, the same text the live feed sends; or ``span``: a run span's raw
+  data, see ``_journal_records``; ``spans``: the child spans). A line is written
   with one ``write()`` on an ``O_APPEND`` descriptor, so a completed write survives
   the death of the process (and, in ``fsync`` mode, a power loss: writers share
   one ``fdatasync`` per group). A torn last line (killed mid-write) is ignored: its

@@ -43,7 +43,7 @@ from ..redaction import (
     scrub_run_dict,
 )
 
-__all__ = ["decode_line", "encode_record", "id_ns", "normalise_record", "raw_span", "record_run_id",
+__all__ = ["decode_line", "encode_record", "encoded_line", "id_ns", "normalise_record", "raw_span", "record_run_id",
            "run_dict"]
 
 _resources: dict[str, Resource] = {}
@@ -157,6 +157,22 @@ def encode_record(obj: dict[str, Any]) -> tuple[bytes, bool]:
         except (ValueError, TypeError, RecursionError):  # NaN/inf, a lone surrogate, odd keys
             pass
     return (_STRICT.encode(normalise_record(obj)) + "\n").encode("utf-8"), True
+
+
+def encoded_line(kind: str, run_json: str, spans: list[dict[str, Any]] | None) -> bytes | None:
+    """The journal line ``{"e": kind, "run": <run_json>, "spans": [...]}`` around a Run
+    already encoded by otel-runs' own processors (``OpenRun.start_json``: built from
+    scrubbed, bounded data), without decoding or encoding the run again; None when the
+    child spans need normalising (the caller then takes :func:`encode_record`)."""
+    if spans is None:
+        return f'{{"e":"{kind}","run":{run_json}}}\n'.encode()
+    if spans and not _children_ok(spans):
+        return None
+    try:
+        text = _STRICT.encode(spans)
+        return f'{{"e":"{kind}","run":{run_json},"spans":{text}}}\n'.encode()
+    except (ValueError, TypeError, RecursionError):
+        return None
 
 
 def json_safe(value: Any, depth: int = 0) -> Any:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import json
 import logging
 import os
 import re
@@ -40,7 +41,7 @@ from ._committer import (
     commit_process,
 )
 from ._journal import JournalUnavailable, JournalWriter
-from ._journal_records import encode_record, raw_span
+from ._journal_records import encode_record, encoded_line, raw_span
 from ._pending import KEEP_LINES, Pending, PendingQueue, share
 from ._quarantine import Quarantined, quarantined
 from ._reads import Reading
@@ -195,12 +196,31 @@ class Ledger(Reading, Recovering, Committing):
         the caller's time; the Run is built off the request path."""
         self._end((span.attributes or {})[RUN_ID], {"span": raw_span(span)}, list(spans))
 
-    def _start(self, run_id: Any, record: dict[str, Any]) -> None:
+    def record_encoded(self, run_id: str, run_json: str,
+                       spans: Sequence[dict[str, Any]] | None = None, *,
+                       started: bool = False) -> None:
+        """:meth:`record` (or, ``started``, :meth:`record_started`) of a run otel-runs'
+        processors encoded already (``OpenRun.start_json``: scrubbed, bounded, strict
+        JSON): the journal line is built around that text, which the live feed sends too."""
+        if started:
+            line = encoded_line("start", run_json, None)
+            assert line is not None
+            self._start(run_id, {}, line)
+            return
+        children = list(spans or ())
+        line = encoded_line("end", run_json, children)
+        if line is None:  # child spans to normalise: the slow path
+            self._end(run_id, {"run": json.loads(run_json)}, children)
+            return
+        self._end(run_id, {}, children, line)
+
+    def _start(self, run_id: Any, record: dict[str, Any], line: bytes | None = None) -> None:
         if self._pid != os.getpid():  # pragma: no cover - the at-fork hook does this
             self._after_fork_in_child()
         if not is_run_id(run_id):
             return  # its end record is quarantined
-        line, _ = encode_record({"e": "start", **record})
+        if line is None:
+            line, _ = encode_record({"e": "start", **record})
         try:
             self._journal.append_start(run_id, line)
         except OSError as exc:
@@ -210,10 +230,13 @@ class Ledger(Reading, Recovering, Committing):
             if _settings.on_journal_error() == "raise":
                 raise JournalUnavailable(run_id, self.journal_dir, exc, "start") from exc
 
-    def _end(self, run_id: Any, record: dict[str, Any], spans: list[dict[str, Any]]) -> None:
+    def _end(self, run_id: Any, record: dict[str, Any], spans: list[dict[str, Any]],
+             line: bytes | None = None) -> None:
         if self._pid != os.getpid():  # pragma: no cover - the at-fork hook does this
             self._after_fork_in_child()
-        line, normalised = encode_record({"e": "end", **record, "spans": spans})
+        normalised = False
+        if line is None:
+            line, normalised = encode_record({"e": "end", **record, "spans": spans})
         if normalised:
             self._log.warning("normalised", "otel-runs: run %s held values the ledger cannot "
                             "store as they are (times out of range, NaN/Infinity, ...); they "
