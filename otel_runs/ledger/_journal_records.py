@@ -166,7 +166,9 @@ def encoded_line(kind: str, run_json: str, spans: list[dict[str, Any]] | None) -
     child spans need normalising (the caller then takes :func:`encode_record`)."""
     if spans is None:
         return f'{{"e":"{kind}","run":{run_json}}}\n'.encode()
-    if spans and not _children_ok(spans):
+    if not spans:
+        return f'{{"e":"{kind}","run":{run_json},"spans":[]}}\n'.encode()
+    if not _children_ok(spans):
         return None
     try:
         text = _STRICT.encode(spans)
