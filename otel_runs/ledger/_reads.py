@@ -1,9 +1,18 @@
-"""Reads that merge this process's not-yet-committed runs with the branch.
+"""Reads that merge the runs not committed yet, of every process, with the branch.
 
-:class:`Reading` is the read half of a :class:`~otel_runs.ledger.Ledger` (a mixin): it
-reads the pending runs of every Ledger of the same journal directory in this
-process (``_pending``), so ``Ledger(root)`` and ``ledger_for(root)`` see the same
-runs, and skips records that cannot be read (the committer quarantines them).
+:class:`Reading` is the read half of a :class:`~otel_runs.ledger.Ledger` (a mixin). A
+read takes, in this order, each run once:
+
+1. the pending runs of every Ledger of the same journal directory in this process
+   (``_pending``: ``Ledger(root)`` and ``ledger_for(root)`` see the same runs);
+2. the journals of every process (``_journal_view``, refreshed for this read): runs
+   finished and maybe not committed, then the branch, then runs started and not
+   finished (``running``, or ``interrupted`` once their process is found dead; a copy
+   on the branch wins over those);
+3. the branch. The journals are read before it: a segment is deleted only after its
+   runs are on the branch, so no run falls between the two.
+
+Records that cannot be read are skipped (the committer quarantines them).
 """
 
 from __future__ import annotations
@@ -12,18 +21,21 @@ import heapq
 import itertools
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .._ids import validate_run_id
 from .._model import Run
+from ._journal_view import JournalView, journal_view
+from ._journal_view_read import Found, ViewRead
 from ._pending import Pending, shared_entries, shared_entry
 
 __all__ = ["Reading", "matches", "merge", "merge_iter", "pending_runs", "to_run"]
 
 logger = logging.getLogger("otel_runs.ledger")
+_PLAIN = re.compile(r"[a-z0-9_.:/-]+", re.ASCII)
 
 
 def to_run(data: Any) -> Run | None:
@@ -70,10 +82,11 @@ def merge(mine: list[dict[str, Any]], stored: Iterable[dict[str, Any]], limit: i
                                  limit))
 
 
-def merge_iter(mine: list[dict[str, Any]], stored: Iterable[dict[str, Any]]) -> Iterator[Run]:
-    """Both, newest first (``stored`` is newest first too), each id once."""
+def merge_iter(*sources: Iterable[dict[str, Any]]) -> Iterator[Run]:
+    """All sources (each newest first), newest first, each id once: the copy of the
+    earliest source wins."""
     seen: set[str] = set()
-    for data in heapq.merge(mine, stored, key=_key, reverse=True):
+    for data in heapq.merge(*sources, key=_key, reverse=True):
         rid = _key(data)
         if rid in seen:
             continue
@@ -81,6 +94,19 @@ def merge_iter(mine: list[dict[str, Any]], stored: Iterable[dict[str, Any]]) -> 
         run = to_run(data)
         if run is not None:
             yield run
+
+
+def _split(found: Iterable[Found], committed: set[str]
+           ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Journaled runs as ``(finished, open)`` dicts; open ones on the branch are left out."""
+    done: list[dict[str, Any]] = []
+    live: list[dict[str, Any]] = []
+    for f in found:
+        if f.finished:
+            done.append(f.run)
+        elif f.run_id not in committed:
+            live.append(f.run)
+    return done, live
 
 
 class Reading:
@@ -93,15 +119,31 @@ class Reading:
         """This process's uncommitted runs of this ledger, newest first."""
         return pending_runs(shared_entries(str(self.journal_dir)))
 
+    @property
+    def journal_view(self) -> JournalView:
+        """Every process's journal of this ledger (shared in this process)."""
+        return journal_view(self.journal_dir)
+
+    def _committed(self, found: list[Found]) -> set[str]:
+        """Which open (start-only) journaled runs are on the branch after all."""
+        opens = [f.run_id for f in found if not f.finished]
+        return self.store.contains(opens) if opens else set()
+
     def get(self, run_id: str) -> Run | None:
-        """The run with this id, or None. Raises ``InvalidRunId`` for a bad id."""
+        """The run with this id, or None (a running run too). Raises ``InvalidRunId``."""
         validate_run_id(run_id)
         entry = shared_entry(str(self.journal_dir), run_id)
         run = entry.readable_run() if entry is not None else None
         if run is not None:
             return to_run(run)
+        with self.journal_view.read() as journal:
+            found = journal.get(run_id)
+        if found is not None and found.finished:
+            return to_run(found.run)
         data = self.store.get(run_id)
-        return None if data is None else to_run(data)
+        if data is not None:
+            return to_run(data)
+        return None if found is None else to_run(found.run)
 
     def spans(self, run_id: str) -> list[dict[str, Any]]:
         """The child spans recorded with the run (``span_to_dict`` records)."""
@@ -109,28 +151,53 @@ class Reading:
         entry = shared_entry(str(self.journal_dir), run_id)
         if entry is not None and entry.readable_run() is not None:
             return list(entry.spans())
+        with self.journal_view.read() as journal:
+            spans = journal.spans(run_id)
+        if spans is not None:
+            return list(spans)
         return list(self.store.spans(run_id))
 
     def recent(self, limit: int = 50, type: str | None = None,  # noqa: A002 - API name
                status: str | None = None) -> list[Run]:
-        """The newest ``limit`` runs, optionally of one type and/or status."""
+        """The newest ``limit`` runs, optionally of one type and/or status (``running``
+        too: runs of any process of this host that have started and not ended)."""
         if limit <= 0:
             return []
-        mine = list(itertools.islice(
+        mine = sorted(itertools.islice(
             (d for d in self._pending_runs() if (type is None or d.get("type") == type)
-             and (status is None or d.get("status") == status)), limit))
-        stored = self.store.recent(limit=limit, type=type, status=status)
-        return merge(mine, stored, limit)
+             and (status is None or d.get("status") == status)), limit), key=_key, reverse=True)
+        with self.journal_view.read() as journal:
+            found = journal.recent(limit, type, status)
+        done, live = _split(found, self._committed(found))
+        # Runs are committed when they end (or by recovery, as interrupted): running runs
+        # come from the journals only, and the branch is not scanned for them (that would
+        # read its whole history on every call).
+        stored = [] if status == "running" else self.store.recent(limit=limit, type=type,
+                                                                   status=status)
+        return list(itertools.islice(merge_iter(mine, done, stored, live), limit))
 
     def search(self, text: str, limit: int = 10) -> list[Run]:
         """Runs where every word of ``text`` is a run id prefix, part of the subtype
         or starts a word of the summary (case-insensitive); newest first."""
         if limit <= 0 or not text.split():
             return []
-        mine = list(itertools.islice((d for d in self._pending_runs()
-                                      if matches(d, text)), limit))
+        mine = sorted(itertools.islice((d for d in self._pending_runs()
+                                        if matches(d, text)), limit), key=_key, reverse=True)
+        found: list[Found] = []
+        # Words JSON writes as they are must be in a line that matches (those lines only
+        # are decoded): every match is a substring of the run id, subtype or summary.
+        needles = tuple(w.encode() for w in text.lower().split() if _PLAIN.fullmatch(w))
+        with self.journal_view.read() as journal:
+            finished = 0
+            for f in journal.runs(needles=needles):
+                if matches(f.run, text):
+                    found.append(f)
+                    finished += f.finished
+                    if finished >= limit:
+                        break
+        done, live = _split(found, self._committed(found))
         stored = self.store.search(text, limit=limit)
-        return merge(mine, stored, limit)
+        return list(itertools.islice(merge_iter(mine, done, stored, live), limit))
 
     def iter_runs(self, since: datetime | None = None,
                   type: str | None = None) -> Iterator[Run]:  # noqa: A002 - API name
@@ -140,7 +207,31 @@ class Reading:
             if since.tzinfo is None:
                 since = since.replace(tzinfo=timezone.utc)
             since_iso = since.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        mine = [d for d in self._pending_runs()
-                if (type is None or d.get("type") == type)
-                and (since_iso is None or str(d.get("started_at", "")) >= since_iso)]
-        return merge_iter(mine, self.store.iter_runs(since=since, type=type))
+
+        def wanted(d: dict[str, Any]) -> bool:
+            return (type is None or d.get("type") == type) \
+                and (since_iso is None or str(d.get("started_at", "")) >= since_iso)
+
+        mine = sorted((d for d in self._pending_runs() if wanted(d)), key=_key, reverse=True)
+        journal = self.journal_view.read()  # its segments stay readable while iterating
+        try:
+            opens = [f for f in journal.runs(type, finished=False) if wanted(f.run)]
+            done = journal.runs(type, finished=True)  # taken now, decoded as consumed
+            _, live = _split(opens, self._committed(opens))
+        except BaseException:
+            journal.close()
+            raise
+        return _iterate(self, journal, done, mine, live, wanted, since, type)
+
+
+def _iterate(ledger: Reading, journal: ViewRead, done: Iterator[Found],
+             mine: list[dict[str, Any]], live: list[dict[str, Any]],
+             wanted: Callable[[dict[str, Any]], bool], since: datetime | None,
+             rtype: str | None) -> Iterator[Run]:
+    """``iter_runs``' merge (the branch is read from here on, after the journals)."""
+    try:
+        finished = (f.run for f in done if wanted(f.run))
+        stored = ledger.store.iter_runs(since=since, type=rtype)
+        yield from merge_iter(mine, finished, stored, live)
+    finally:
+        journal.close()
