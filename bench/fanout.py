@@ -1,13 +1,16 @@
 """Live-feed fan-out: 100 SSE clients, 1,000 runs, against a real server process.
 
     python bench/fanout.py [--clients 100] [--runs 1000] [--rounds 10] [--posters 4] [--seconds 120]
-                           [--no-ledger] [--linger S] [--server werkzeug|gunicorn]
+                           [--no-ledger] [--linger S] [--server werkzeug|gunicorn] [--workers N]
 
 A threaded werkzeug server (``make_server(threaded=True)``, one new thread per
 connection: it can hold 100 streams) or, with ``--server gunicorn``, gunicorn with
-one ``gthread`` worker (a pool of threads: the server the README recommends for
-production) runs in a child process with ``RunTracking`` and the git ledger on a
-fresh temp repository. The clients run in
+``--workers`` ``gthread`` workers (default one; a pool of threads each: the server the
+README recommends for production) runs in a child process with ``RunTracking`` and the
+git ledger on a fresh temp repository. With several workers and no Redis they share the
+project's live feed file: each run is published by the worker that ran it and reaches
+the streams of the others through the file, so the latency is also given for deliveries
+on ANOTHER worker than the run's (each response says which worker answered). The clients run in
 another child process (all streams in one selector loop, raw sockets, reconnecting
 with ``Last-Event-ID`` like a browser if the server drops them). Phases, side by side:
 
@@ -63,11 +66,20 @@ SERVER = textwrap.dedent('''
     app.config["PROJECT_ROOT"] = root
     if os.environ.get("BENCH_LINGER"):
         app.config["OTEL_RUNS_SSE_LINGER"] = float(os.environ["BENCH_LINGER"])
+    if os.environ.get("BENCH_WAKEUPS"):
+        app.config["OTEL_RUNS_SSE_WAKEUPS"] = float(os.environ["BENCH_WAKEUPS"])
+    if os.environ.get("BENCH_BUFFER"):
+        app.config["OTEL_RUNS_SSE_BUFFER"] = int(os.environ["BENCH_BUFFER"])
 
     @app.post("/run")
     @otel_runs.run_tracked("deploy", "deploy:k8s")
     def run():
         return {"ok": True, "summary": "deployed web to staging"}
+
+    @app.after_request
+    def worker_pid(resp):  # which worker answered: the stream's, the run's
+        resp.headers["X-Worker-Pid"] = str(os.getpid())
+        return resp
 
     RunTracking(app, ledger=ledger)
     api.register(app, app.extensions["otel_runs"])
@@ -100,7 +112,8 @@ class Server:
     """The bench app in a child process on 127.0.0.1."""
 
     def __init__(self, workdir: Path, ledger: bool = True, linger: float | None = None,
-                 kind: str = "werkzeug") -> None:
+                 kind: str = "werkzeug", workers: int = 1,
+                 wakeups: float | None = None, buffer: int | None = None) -> None:
         self.root = workdir / "project"
         self.root.mkdir()
         env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@example.com",
@@ -112,11 +125,15 @@ class Server:
         script = workdir / "bench_server.py"
         script.write_text(SERVER)
         self.port = free_port()
+        env.pop("OTEL_RUNS_REDIS_URL", None)  # the host's feed file, not Redis
         env.update({"PYTHONPATH": str(ROOT), "OTEL_RUNS_PROJECT_ROOT": str(self.root),
                     "BENCH_LEDGER": "1" if ledger else "0",
-                    "BENCH_LINGER": "" if linger is None else str(linger)})
+                    "BENCH_LINGER": "" if linger is None else str(linger),
+                    "BENCH_WAKEUPS": "" if wakeups is None else str(wakeups),
+                    "BENCH_BUFFER": "" if buffer is None else str(buffer)})
         if kind == "gunicorn":
-            cmd = [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--workers", "1",
+            cmd = [sys.executable, "-m", "gunicorn", "--worker-class", "gthread",
+                   "--workers", str(workers),
                    "--threads", str(GUNICORN_THREADS), "--bind", f"127.0.0.1:{self.port}",
                    "--chdir", str(workdir), "--log-level", "warning", *_no_control_socket(),
                    "bench_server:app"]
@@ -134,13 +151,18 @@ class Server:
                 if time.monotonic() > deadline:
                     raise SystemExit("server did not start") from None
                 time.sleep(0.05)
-        self.pid = self.proc.pid  # the process that serves: gunicorn's one worker
+        self.pids = [self.proc.pid]  # the processes that serve: gunicorn's workers
         if kind == "gunicorn":
             children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-            pids = children.read_text().split() if children.exists() else []
-            if len(pids) != 1:
-                raise SystemExit(f"expected one gunicorn worker, found {pids}")
-            self.pid = int(pids[0])
+            while True:
+                pids = children.read_text().split() if children.exists() else []
+                if len(pids) == workers or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            if len(pids) != workers:
+                raise SystemExit(f"expected {workers} gunicorn worker(s), found {pids}")
+            self.pids = [int(pid) for pid in pids]
+        self.pid = self.pids[0]
 
     def rss_kb(self) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -149,7 +171,7 @@ class Server:
         raise RuntimeError("no VmRSS")
 
     def cpu_seconds(self) -> float:
-        return _cpu_seconds(self.pid)
+        return sum(_cpu_seconds(pid) for pid in self.pids)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -164,23 +186,28 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _thread_cpu_ns(pid: int) -> dict[str, int]:
-    """CPU time of each thread of ``pid`` in ns (``/proc/.../schedstat``; {} where there is none)."""
+def _thread_cpu_ns(pids: list[int]) -> dict[str, int]:
+    """CPU time of each thread of ``pids`` in ns (``/proc/.../schedstat``; {} where there is
+    none), by ``pid/tid``."""
     out: dict[str, int] = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
+    for pid in pids:
         try:
-            out[tid] = int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                out[f"{pid}/{tid}"] = int(
+                    Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
     return out
 
 
-def post_runs(port: int, count: int, posters: int, deadline: float) -> tuple[float, list[str]]:
-    """POST ``count`` tracked requests from ``posters`` threads; (requests/s, run ids)."""
+def post_runs(port: int, count: int, posters: int, deadline: float,
+              origins: dict[str, int] | None = None) -> tuple[float, list[str]]:
+    """POST ``count`` tracked requests from ``posters`` threads; (requests/s, run ids).
+    ``origins`` gets the worker pid that ran each run."""
     ids: list[str] = []
     lock = threading.Lock()
     remaining = [count]
@@ -197,8 +224,11 @@ def post_runs(port: int, count: int, posters: int, deadline: float) -> tuple[flo
             resp.read()
             if resp.status != 200:
                 raise SystemExit(f"POST /run answered {resp.status}")
+            run_id = resp.getheader("X-Run-Id") or ""
             with lock:
-                ids.append(resp.getheader("X-Run-Id") or "")
+                ids.append(run_id)
+                if origins is not None:
+                    origins[run_id] = int(resp.getheader("X-Worker-Pid") or 0)
             conn.close()
 
     threads = [threading.Thread(target=worker) for _ in range(posters)]
@@ -229,8 +259,9 @@ class _Stream:
 
     def __init__(self, port: int) -> None:
         self.port = port
+        self.pid = 0  # the worker serving the stream (its X-Worker-Pid header)
         self.seen: list[tuple[str, str]] = []
-        self.latencies: list[float] = []
+        self.latencies: list[tuple[str, float]] = []  # (run id, seconds), sampled
         self.last_id: str | None = None
         self.reconnects = -1
         self.connected = False
@@ -257,6 +288,8 @@ class _Stream:
         self._tail = chunk[-5:]
         if not self.connected and b": connected" in chunk:
             self.connected = True
+            pid = _PID_RE.search(b"".join(c for _, c in self._chunks))
+            self.pid = int(pid.group(1)) if pid else 0
 
     def parse(self) -> None:
         """Turn the stored chunks into (type, run_id) events, latencies, last id."""
@@ -275,13 +308,14 @@ class _Stream:
                 if len(self.seen) % 10 == 1:  # latency: one event in ten per client
                     run = json.loads(data)
                     stamp = run["started_at"] if etype == b"run:started" else run["ended_at"]
-                    self.latencies.append(now - _iso_to_epoch(stamp))
+                    self.latencies.append((run_id.group(1).decode(), now - _iso_to_epoch(stamp)))
                 self.last_id = eid.decode()
         self._chunks.clear()
 
 
 _EVENT_RE = re.compile(rb"event: (run:started|run:completed)\nid: ([^\n]*)\ndata: ([^\n]*)\n")
 _RUN_ID_RE = re.compile(rb'\{"run_id":"([^"]+)"')
+_PID_RE = re.compile(rb"X-Worker-Pid: (\d+)", re.IGNORECASE)
 
 
 def clients_main(port: int, clients: int, expected: int, seconds: float, conn: Any) -> None:
@@ -319,7 +353,7 @@ def clients_main(port: int, clients: int, expected: int, seconds: float, conn: A
         conn.send("not ready")
     for st in streams:
         st.parse()
-    conn.send([(st.seen, st.latencies, st.reconnects) for st in streams])
+    conn.send([(st.seen, st.latencies, st.reconnects, st.pid) for st in streams])
     for st in streams:
         if st.sock is not None:
             st.sock.close()
@@ -330,13 +364,14 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
-def fan_phase(server_pid: int, port: int, clients: int, runs: int, posters: int, seconds: float,
-              deadline: float) -> tuple[float, float, float | None, list[str], list[Any]]:
+def fan_phase(server_pids: list[int], port: int, clients: int, runs: int, posters: int,
+              seconds: float, deadline: float, origins: dict[str, int],
+              ) -> tuple[float, float, float | None, list[str], list[Any]]:
     """Connect ``clients`` streams, POST ``runs`` requests, collect what each client saw.
     Returns (requests/s, client CPU seconds while posting, CPU seconds of the server's
     stream threads while posting (None where /proc has no schedstat), run ids,
     per-client results)."""
-    before = set(_thread_cpu_ns(server_pid))
+    before = set(_thread_cpu_ns(server_pids))
     parent, child = mp.Pipe()
     proc = mp.get_context("spawn").Process(
         target=clients_main, args=(port, clients, 2 * runs, seconds, child))
@@ -344,9 +379,9 @@ def fan_phase(server_pid: int, port: int, clients: int, runs: int, posters: int,
     if not parent.poll(60) or parent.recv() != "ready":
         raise SystemExit("clients did not connect")
     client_cpu0 = _cpu_seconds(proc.pid)
-    threads0 = _thread_cpu_ns(server_pid)
-    rate, run_ids = post_runs(port, runs, posters, deadline)
-    threads1 = _thread_cpu_ns(server_pid)
+    threads0 = _thread_cpu_ns(server_pids)
+    rate, run_ids = post_runs(port, runs, posters, deadline, origins)
+    threads1 = _thread_cpu_ns(server_pids)
     client_cpu = _cpu_seconds(proc.pid) - client_cpu0
     # The stream threads: started for the clients, alive through the whole posting.
     streams = [t for t in threads1 if t in threads0 and t not in before]
@@ -369,10 +404,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--no-ledger", action="store_true", help="configure(ledger=False)")
     parser.add_argument("--server", choices=("werkzeug", "gunicorn"), default="werkzeug",
-                        help="werkzeug threaded (a thread per connection) or gunicorn with one "
-                             f"gthread worker ({GUNICORN_THREADS} threads)")
+                        help="werkzeug threaded (a thread per connection) or gunicorn with "
+                             f"gthread workers ({GUNICORN_THREADS} threads each)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="gunicorn worker processes (sharing the project's feed file)")
     parser.add_argument("--linger", type=float, default=None,
                         help="OTEL_RUNS_SSE_LINGER for the server (default: the shipped default)")
+    parser.add_argument("--wakeups", type=float, default=None,
+                        help="OTEL_RUNS_SSE_WAKEUPS for the server (default: the shipped default)")
+    parser.add_argument("--buffer", type=int, default=None,
+                        help="OTEL_RUNS_SSE_BUFFER for the server (default: the shipped default)")
     args = parser.parse_args()
     deadline = time.monotonic() + args.seconds * (2 * args.rounds + 1)
 
@@ -384,10 +425,14 @@ def main() -> None:
     stream_cpu: list[float] = []
     exact: list[int] = []
     latencies: list[float] = []
+    other: list[float] = []  # deliveries on another worker than the run's
+    per_worker: list[dict[int, int]] = []
+    origins: dict[str, int] = {}
     reconnects = 0
     with tempfile.TemporaryDirectory(prefix="otel-runs-fanout-", ignore_cleanup_errors=True) as tmp:
         server = Server(Path(tmp), ledger=not args.no_ledger, linger=args.linger,
-                        kind=args.server)
+                        kind=args.server, workers=args.workers, wakeups=args.wakeups,
+                        buffer=args.buffer)
         try:
             post_runs(server.port, 100, args.posters, deadline)  # warm-up
             for _ in range(args.rounds):
@@ -396,18 +441,24 @@ def main() -> None:
                 cpu_none.append(server.cpu_seconds() - cpu0)
                 cpu0 = server.cpu_seconds()
                 rate, ccpu, scpu, run_ids, results = fan_phase(
-                    server.pid, server.port, args.clients, args.runs, args.posters,
-                    args.seconds, deadline)
+                    server.pids, server.port, args.clients, args.runs, args.posters,
+                    args.seconds, deadline, origins)
                 if scpu is not None:
                     stream_cpu.append(scpu)
                 cpu_fan.append(server.cpu_seconds() - cpu0)
                 fans.append(rate)
                 client_cpu.append(ccpu)
                 expected = {(t, r) for r in run_ids for t in ("run:started", "run:completed")}
-                exact.append(sum(1 for seen, _, _ in results
+                exact.append(sum(1 for seen, _, _, _ in results
                                  if len(seen) == len(expected) and set(seen) == expected))
-                latencies += [lat for _, lats, _ in results for lat in lats]
-                reconnects += sum(r for _, _, r in results)
+                latencies += [lat for _, lats, _, _ in results for _, lat in lats]
+                other += [lat for _, lats, _, pid in results for run_id, lat in lats
+                          if origins.get(run_id, pid) != pid]
+                reconnects += sum(r for _, _, r, _ in results)
+                counts: dict[int, int] = {}
+                for *_, pid in results:
+                    counts[pid] = counts.get(pid, 0) + 1
+                per_worker.append(counts)
             cpu0 = server.cpu_seconds()
             nones.append(post_runs(server.port, args.runs, args.posters, deadline)[0])
             cpu_none.append(server.cpu_seconds() - cpu0)
@@ -417,7 +468,8 @@ def main() -> None:
     # Each fan phase against the mean of the no-stream phases just before and after it.
     ratios = [fan / ((nones[i] + nones[i + 1]) / 2) for i, fan in enumerate(fans)]
     server_name = ("werkzeug threaded" if args.server == "werkzeug"
-                   else f"gunicorn gthread (1 worker, {GUNICORN_THREADS} threads)")
+                   else f"gunicorn gthread ({args.workers} worker(s), {GUNICORN_THREADS} "
+                        "threads each" + (", one feed file" if args.workers > 1 else "") + ")")
     print(f"server: {server_name}, ledger={'off' if args.no_ledger else 'on'}; "
           f"{args.clients} clients, {args.runs} runs per phase, {args.rounds} rounds, "
           f"{args.posters} posting threads")
@@ -426,6 +478,13 @@ def main() -> None:
     if latencies:
         print(f"delivery latency: p50 {pct(latencies, 50) * 1000:.1f} ms, "
               f"p99 {pct(latencies, 99) * 1000:.1f} ms over {len(latencies)} deliveries")
+    if args.workers > 1:
+        spread = sorted(per_worker[-1].values(), reverse=True) if per_worker else []
+        print(f"streams per worker (last round): {spread}")
+        if other:
+            print(f"delivery latency on ANOTHER worker than the run's: p50 "
+                  f"{pct(other, 50) * 1000:.1f} ms, p99 {pct(other, 99) * 1000:.1f} ms over "
+                  f"{len(other)} deliveries")
     print("tracked requests/s: none " + " / ".join(f"{n:.0f}" for n in nones)
           + f"; with {args.clients} streams " + " / ".join(f"{f:.0f}" for f in fans))
     print(f"server CPU per run: none {sum(cpu_none) / len(cpu_none) / args.runs * 1000:.2f} ms, "

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from opentelemetry import trace
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.sampling import Sampler
 
@@ -89,16 +89,7 @@ def configure(
     Returns the provider in use.
     """
     with _lock:
-        _state.shut_down = False
-        provider = _ensure_provider(service_name, sampler, otlp_endpoint)
-        if ledger is not None:
-            if ledger != _state.ledger_enabled:
-                _forget_wired_roots()  # every root's ledger is decided again
-            _state.ledger_enabled = ledger
-        elif _state.ledger_enabled is None:
-            _state.ledger_enabled = _settings.env_bool(_settings.OTEL_RUNS_LEDGER, True)
-        if durability is not None:
-            _state.durability = _settings.durability(durability)
+        provider = _configure_process(service_name, sampler, otlp_endpoint, ledger, durability)
         root = project_root if project_root is not None else _settings.env_str(
             _settings.OTEL_RUNS_PROJECT_ROOT, os.getcwd())
         assert root is not None
@@ -109,6 +100,32 @@ def configure(
         for proc in processors:
             _add_processor(proc)
         return provider
+
+
+def _configure_process(service_name: str | None = None, sampler: Sampler | None = None,
+                       otlp_endpoint: str | None = None, ledger: bool | None = None,
+                       durability: str | None = None) -> TracerProvider:
+    """The part of :func:`configure` that concerns no project root (under ``_lock``)."""
+    _state.shut_down = False
+    provider = _ensure_provider(service_name, sampler, otlp_endpoint)
+    if ledger is not None:
+        if ledger != _state.ledger_enabled:
+            _forget_wired_roots()  # every root's ledger is decided again
+        _state.ledger_enabled = ledger
+    elif _state.ledger_enabled is None:
+        _state.ledger_enabled = _settings.env_bool(_settings.OTEL_RUNS_LEDGER, True)
+    if durability is not None:
+        _state.durability = _settings.durability(durability)
+    return provider
+
+
+def service_name_unset() -> bool:
+    """Whether otel-runs would install the TracerProvider and nothing names the service
+    (neither ``OTEL_SERVICE_NAME`` nor ``service.name`` in ``OTEL_RESOURCE_ATTRIBUTES``):
+    then ``RunTracking`` names it after the Flask app."""
+    if _state.provider is not None or isinstance(trace.get_tracer_provider(), TracerProvider):
+        return False
+    return not OTELResourceDetector().detect().attributes.get(SERVICE_NAME)
 
 
 def add_app_processor(proc: SpanProcessor, project_root: str | os.PathLike[str],
@@ -246,8 +263,8 @@ def project_root_for_run(project_root: str | os.PathLike[str] | None) -> str | N
     resolved = _resolve(project_root)
     with _lock:
         if resolved not in _state.wired_roots:
-            if _state.provider is None:
-                configure()
+            if _state.provider is None:  # not configure(): the default root is not this run's
+                _configure_process()
             _wire_root(resolved)
         if len(_state.run_roots) < 256:
             try:

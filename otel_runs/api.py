@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -265,7 +266,8 @@ def events() -> Response:
                                            float(cfg["OTEL_RUNS_SSE_SEND_TIMEOUT"]))
     body = _streams.event_stream(
         hub, sub, float(cfg["OTEL_RUNS_SSE_HEARTBEAT"]), int(cfg["OTEL_RUNS_SSE_RETRY_MS"]),
-        float(cfg["OTEL_RUNS_SSE_LINGER"]), float(cfg["OTEL_RUNS_SSE_WAKEUPS"]), sock, release)
+        float(cfg["OTEL_RUNS_SSE_LINGER"]), float(cfg["OTEL_RUNS_SSE_WAKEUPS"]), sock, release,
+        _streams.server_stopping(request.environ))
     resp = Response(body, mimetype="text/event-stream")
     resp.call_on_close(release)  # also when the body never started
     resp.call_on_close(sub.close)
@@ -327,14 +329,17 @@ def register(app: Flask, state: Any) -> None:
     state.extra.setdefault("stream_gate", _streams.StreamGate())
     hub: Hub | None = state.extra.get("hub")
     if hub is None:
+        # Redis (OTEL_RUNS_REDIS_URL), else the host-wide feed file of the project's
+        # ledger, else (no git repository, feed not writable) in-process.
         hub = hub_from_settings(buffer_size=int(app.config["OTEL_RUNS_SSE_BUFFER"]),
                                 client_queue=int(app.config["OTEL_RUNS_SSE_CLIENT_QUEUE"]),
-                                slow_after=float(app.config["OTEL_RUNS_SSE_SLOW_AFTER"]))
+                                slow_after=float(app.config["OTEL_RUNS_SSE_SLOW_AFTER"]),
+                                project_root=state.project_root)
         state.extra["hub"] = hub
     if "sse_processor" not in state.extra:
         from . import _setup
 
-        proc = SSESpanProcessor(hub, project_root=state.project_root)
+        proc = _feed_processor(hub, state.project_root)
         # For the app's life: otel_runs.shutdown() and configure() again keep its feed.
         _setup.add_app_processor(proc, state.project_root,
                                  ledger=state.ext.configure_kwargs.get("ledger"))
@@ -346,6 +351,24 @@ def register(app: Flask, state: Any) -> None:
         for code in (404, 405):
             _json_routing_errors(app, code)
         _log_access(app, state)
+
+
+#: One SSE processor per feed file and project in a process: every app of a process on
+#: the same feed shares it, so each run is appended to the feed once, not once per app.
+_feed_processors: weakref.WeakValueDictionary[tuple[str, str], SSESpanProcessor] = (
+    weakref.WeakValueDictionary())
+
+
+def _feed_processor(hub: Hub, project_root: str) -> SSESpanProcessor:
+    """The SSE processor publishing ``project_root``'s runs onto ``hub``."""
+    feed_dir = getattr(hub, "feed_dir", None)
+    if feed_dir is None:  # an in-process or Redis hub: one processor per app, as ever
+        return SSESpanProcessor(hub, project_root=project_root)
+    key = (str(feed_dir), str(Path(project_root).expanduser().resolve()))
+    proc = _feed_processors.get(key)
+    if proc is None:
+        proc = _feed_processors[key] = SSESpanProcessor(hub, project_root=project_root)
+    return proc
 
 
 def _log_access(app: Flask, state: Any) -> None:

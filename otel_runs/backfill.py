@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import click
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -28,12 +31,23 @@ from . import _settings
 from ._model import Run
 from ._redact import metadata_json
 from .exporters._scrubbing import ScrubbingSpanExporter
-from .exporters.otlp import capture_export_logs, exporter_endpoint, otlp_exporter, otlp_requested
+from .exporters.otlp import (
+    capture_export_logs,
+    exporter_endpoint,
+    otlp_exporter,
+    otlp_protocol,
+    otlp_requested,
+)
 
-__all__ = ["BackfillError", "NoEndpointConfiguredError", "export_otlp_command", "export_runs_to_otlp"]
+__all__ = ["BackfillError", "NoEndpointConfiguredError", "check_endpoint", "export_otlp_command",
+           "export_runs_to_otlp"]
 
 #: Spans handed to the exporter per request.
 BATCH_SPANS = 512
+#: Seconds the up-front connection to the endpoint may take.
+CONNECT_TIMEOUT_S = 5.0
+#: Longest reason quoted from the exporter's messages when an export fails.
+MAX_REASON_CHARS = 200
 
 
 class BackfillError(RuntimeError):
@@ -138,6 +152,55 @@ def child_span(data: dict[str, Any], resource: Resource) -> ReadableSpan:
     )
 
 
+def _configured_endpoint(endpoint: str | None) -> str:
+    """The endpoint the exporter will use: ``endpoint``, else the standard variables."""
+    from opentelemetry.sdk.environment_variables import (
+        OTEL_EXPORTER_OTLP_ENDPOINT,
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    )
+
+    return (endpoint or _settings.env_str(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)
+            or _settings.env_str(OTEL_EXPORTER_OTLP_ENDPOINT) or "")
+
+
+def check_endpoint(endpoint: str | None = None, *, connect: bool = True) -> str:
+    """Check the OTLP endpoint (``endpoint``, else ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT``)
+    before anything is read or sent: an http(s) URL with a host (gRPC also takes
+    ``host:port``) and, with ``connect``, a TCP connection to it. Returns the URL;
+    raises :class:`BackfillError` with a one-line reason."""
+    url = _configured_endpoint(endpoint)
+    grpc = otlp_protocol() == "grpc"
+    parsed = urlparse(url if "://" in url or not grpc else f"http://{url}")
+    try:
+        port = parsed.port
+    except ValueError:
+        port = -1
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or port == -1:
+        raise BackfillError(f"the OTLP endpoint {url!r} is not an http(s) URL with a host "
+                            "(e.g. http://localhost:4318)")
+    if connect:
+        where = "" if port else " (port {})"
+        port = port or (443 if parsed.scheme == "https" else 4317 if grpc else 80)
+        try:
+            socket.create_connection((parsed.hostname, port), timeout=CONNECT_TIMEOUT_S).close()
+        except OSError as exc:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise BackfillError(f"cannot reach the OTLP endpoint {url}{where.format(port)}: "
+                                f"{reason}") from None
+    return url
+
+
+def _reason(messages: list[str]) -> str:
+    """The gist of the exporter's log messages about a failed export, in one short line."""
+    for message in messages:
+        found = re.search(r"\[Errno -?\d+\] [^\"'()]+|Failed to connect to remote host: [^/]+",
+                          message)
+        if found:
+            return found.group(0).strip()
+    text = " ".join((messages[-1] if messages else "export failed").split())
+    return text if len(text) <= MAX_REASON_CHARS else text[:MAX_REASON_CHARS - 1] + "…"
+
+
 def _open_ledger(ledger: Any) -> Any:
     if isinstance(ledger, (str, os.PathLike)):
         from .ledger import ledger_for
@@ -181,7 +244,9 @@ def export_runs_to_otlp(
     """
     if not otlp_requested(endpoint):
         raise NoEndpointConfiguredError()
+    check_endpoint(endpoint, connect=False)
     led = _open_ledger(ledger)
+    check_endpoint(endpoint)
     runs = [r for r in led.iter_runs(since=since, type=run_type)
             if r.ended_at and r.trace_id and r.span_id]
     runs.reverse()  # oldest first: a backend shows history in the order it happened
@@ -214,10 +279,8 @@ def export_runs_to_otlp(
                     captured.append(f"{type(exc).__name__}: {exc}")
                     result = SpanExportResult.FAILURE
             if result is not SpanExportResult.SUCCESS:
-                reason = " / ".join(dict.fromkeys(captured)) or "export failed"
-                raise BackfillError(
-                    f"OTLP export to {where} failed after {done} of {total} runs: "
-                    + " ".join(reason.split()))
+                raise BackfillError(f"OTLP export to {where} failed after {done} of {total} "
+                                    f"runs: {_reason(list(dict.fromkeys(captured)))}")
             if runs_done != done:
                 done = runs_done
                 if progress is not None:
@@ -249,8 +312,8 @@ def export_otlp_command(since: datetime | None, run_type: str | None,
     from ._taxonomy import RUN_TYPES
 
     if run_type is not None and run_type not in RUN_TYPES:
-        raise click.ClickException(
-            f"unknown run type {run_type!r}; choose one of: {', '.join(sorted(RUN_TYPES))}")
+        raise click.BadParameter(f"unknown run type {run_type[:40]!r}; valid: "
+                                 f"{', '.join(sorted(RUN_TYPES))}", param_hint="'--type'")
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=timezone.utc)
     root = project or Path(_settings.env_str(_settings.OTEL_RUNS_PROJECT_ROOT, os.getcwd())

@@ -1,13 +1,18 @@
 """The ``otel-runs`` command line (also mounted as ``flask runs ...``).
 
-Every expected error is one line on stderr and a non-zero exit status.
+Every expected error is one line on stderr and a non-zero exit status: 1 for a
+failure, 2 for a usage error, 130 for Ctrl-C; a closed stdout (``| head``) ends the
+command silently.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import itertools
 import json
 import os
+import signal
 import sys
 import time
 import urllib.error
@@ -19,6 +24,7 @@ from typing import Any, TypeVar
 
 import click
 
+from . import __version__
 from ._ids import InvalidRunId, validate_run_id
 from ._model import STATUSES, Run
 
@@ -55,6 +61,8 @@ def friendly(fn: F) -> F:
             raise
         except (InvalidRunId, LedgerError) as exc:
             raise CliError(_one_line(exc)) from None
+        except BrokenPipeError:
+            raise  # stdout was closed (| head): the group ends the command silently
         except OSError as exc:
             raise CliError(_one_line(exc)) from None
     return wrapper  # type: ignore[return-value]
@@ -108,8 +116,11 @@ def _ledger(ctx: click.Context) -> Any:
     except ImportError as exc:
         raise CliError(f"the git ledger is not available in this installation: {exc}") from None
     root = project_root(ctx)
-    if not Path(root).is_dir():
+    if not Path(root).exists():
         raise CliError(f"project {root} does not exist; pass --project PATH of a git checkout")
+    if not Path(root).is_dir():
+        raise CliError(f"project {root} is not a directory; pass --project PATH of a git "
+                       "checkout")
     ledger = ledger_for(root)
     return ledger
 
@@ -181,9 +192,69 @@ def _progress(length: int, label: str) -> Any:
     return click.progressbar(length=length, label=label, file=sys.stderr)
 
 
+# -- exit statuses -------------------------------------------------------------------
+
+#: Exit status after Ctrl-C (128 + SIGINT, what a shell reports for an interrupted command).
+EXIT_INTERRUPTED = 130
+
+
+def _usage_line(exc: click.UsageError) -> None:
+    hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+    click.echo(f"Error: {_one_line(exc.format_message())}{hint}", err=True)
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe: stdout goes to /dev/null, so that nothing else (not even the
+    interpreter's last flush) fails on it."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real stdout (a test runner's)
+        pass
+
+
+def _exit_status(call: Callable[[], Any]) -> int:
+    """Run ``call`` (a click ``main`` in non-standalone mode) and return its exit status,
+    having printed an expected error as one line: 1 failure, 2 usage, 130 Ctrl-C; a
+    broken pipe is 1 and silent."""
+    try:
+        rv = call()
+    except click.UsageError as exc:
+        _usage_line(exc)
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            return EXIT_INTERRUPTED
+        click.echo("Error: aborted", err=True)
+        return 1
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 1
+    return rv if isinstance(rv, int) else 0
+
+
+class _RunsGroup(click.Group):
+    """The ``otel-runs`` group; standalone, its ``main`` exits with :func:`_exit_status`."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        run = functools.partial(super().main, *args, standalone_mode=False, **kwargs)
+        if not standalone_mode:
+            return run()
+        sys.exit(_exit_status(run))
+
+
 # -- the group -----------------------------------------------------------------------
 
-@click.group("otel-runs", context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("otel-runs", cls=_RunsGroup,
+             context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="otel-runs",
+                      message="%(prog)s %(version)s")
 @project_option
 @click.pass_context
 def runs_group(ctx: click.Context) -> None:
@@ -196,15 +267,23 @@ def runs_group(ctx: click.Context) -> None:
 @runs_group.command("list")
 @project_option
 @click.option("--type", "run_type", metavar="TYPE", help="Only runs of this type (e.g. deploy).")
+@click.option("--subtype", metavar="TYPE:DETAIL", help="Only runs of this subtype (e.g. deploy:k8s).")
 @click.option("--status", type=click.Choice(STATUSES), help="Only runs with this status.")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of runs.")
 @click.pass_context
 @friendly
-def list_command(ctx: click.Context, run_type: str | None, status: str | None, limit: int,
-                 as_json: bool) -> None:
+def list_command(ctx: click.Context, run_type: str | None, subtype: str | None,
+                 status: str | None, limit: int, as_json: bool) -> None:
     """List the most recent runs, newest first."""
-    runs = _ledger(ctx).recent(limit=limit, type=run_type, status=status)
+    ledger = _ledger(ctx)
+    run_type = _checked_filters(ledger, run_type, subtype)
+    if subtype is None:
+        runs = ledger.recent(limit=limit, type=run_type, status=status)
+    else:
+        runs = list(itertools.islice(
+            (r for r in ledger.iter_runs(type=run_type)
+             if r.subtype == subtype and (status is None or r.status == status)), limit))
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in runs], indent=2))
         return
@@ -214,6 +293,33 @@ def list_command(ctx: click.Context, run_type: str | None, status: str | None, l
         return
     for line in _table(runs):
         click.echo(line)
+
+
+def _checked_filters(ledger: Any, run_type: str | None, subtype: str | None) -> str | None:
+    """``--type`` / ``--subtype`` checked as the runs API checks ``type`` (a usage error
+    naming the valid types); returns the type to filter on. A type this process's taxonomy
+    does not know passes when the ledger holds runs of it (an application registered it)."""
+    from ._taxonomy import _DETAIL_RE, RUN_TYPES
+
+    hint = "'--type'"
+    if run_type is not None and ":" in run_type:
+        raise click.BadParameter(f"{run_type!r} is a subtype; use --subtype {run_type}",
+                                 param_hint=hint)
+    if subtype is not None:
+        hint = "'--subtype'"
+        prefix, sep, detail = subtype.partition(":")
+        if not sep or not prefix or not _DETAIL_RE.fullmatch(detail):
+            raise click.BadParameter(f"{subtype!r} is not TYPE:DETAIL (e.g. deploy:k8s)",
+                                     param_hint=hint)
+        if run_type is not None and prefix != run_type:
+            raise click.BadParameter(f"{subtype!r} is not a subtype of --type {run_type}",
+                                     param_hint=hint)
+        run_type = prefix
+    if run_type is not None and run_type not in RUN_TYPES and not ledger.recent(
+            limit=1, type=run_type):
+        raise click.BadParameter(f"unknown run type {run_type[:40]!r}; valid: "
+                                 f"{', '.join(sorted(RUN_TYPES))}", param_hint=hint)
+    return run_type
 
 
 @runs_group.command("show")
@@ -261,10 +367,12 @@ def show_command(ctx: click.Context, run_id: str, as_json: bool) -> None:
 @runs_group.command("tail")
 @project_option
 @click.option("--url", metavar="URL",
-              help="Follow a server's live event stream (URL of the app, or of /api/events).")
+              help="Follow a server's live event stream (URL of the app, of its /runs page, or "
+                   "of /api/events); without it: the host's live feed of the project's ledger.")
 @click.option("--interval", type=click.FloatRange(0.05, 60), default=1.0, show_default=True,
               help="Seconds between ledger polls (without --url).")
-@click.option("--count", type=click.IntRange(1), help="Exit after this many runs.")
+@click.option("--count", type=click.IntRange(1),
+              help="Exit after this many runs (completed runs).")
 @click.option("--timeout", type=click.FloatRange(0), help="Exit after this many seconds.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--after", metavar="RUN_ID",
@@ -274,7 +382,9 @@ def show_command(ctx: click.Context, run_id: str, as_json: bool) -> None:
 @friendly
 def tail_command(ctx: click.Context, url: str | None, interval: float, count: int | None,
                  timeout: float | None, as_json: bool, after: str | None) -> None:
-    """Follow new runs live: from a server's event stream (--url) or the ledger."""
+    """Follow new runs live: from a server's event stream (--url), else from the host's
+    live feed of the project (the runs of its app processes, as they start and end) and
+    the ledger (--after: the ledger only)."""
     if after is not None:
         if url:
             raise CliError("--after follows the ledger; it cannot be combined with --url")
@@ -283,21 +393,33 @@ def tail_command(ctx: click.Context, url: str | None, interval: float, count: in
         except InvalidRunId as exc:
             raise CliError(str(exc)) from None
     deadline = None if timeout is None else time.monotonic() + timeout
-    seen = 0
-    # Connect / take the ledger's baseline first, then say so: nothing after the
-    # message is missed.
-    source = _tail_events(url, deadline) if url else _tail_ledger(ctx, interval, deadline, after)
-    where = url or f"the ledger of {project_root(ctx)}"
+    # Connect / subscribe / take the ledger's baseline first, then say so: nothing
+    # after the message is missed.
+    if url:
+        source, where = _tail_events(url, deadline), _events_url(url)
+    elif after is not None:
+        source = _tail_ledger(ctx, interval, deadline, after)
+        where = f"the ledger of {project_root(ctx)}"
+    else:
+        source, where = _tail_live(ctx, interval, deadline)
     click.echo(f"following runs from {where} (Ctrl-C to stop)", err=True)
+    shown: dict[tuple[str, str], None] = {}  # (event, run id): one line each, newest 10,000
+    done = 0
     try:
         for event, run in source:
+            key = (event, str(run.get("run_id")))
+            if key in shown or (event == "run:started" and ("run:completed", key[1]) in shown):
+                continue  # seen from the ledger and the feed, or published by two apps
+            shown[key] = None
+            if len(shown) > 10_000:
+                del shown[next(iter(shown))]
             if as_json:
                 click.echo(json.dumps({"event": event, "run": run}))
             else:
                 click.echo(_run_line(event, run))
-            if event != "run:started":
-                seen += 1
-                if count is not None and seen >= count:
+            if event == "run:completed":  # --count counts runs: their completions
+                done += 1
+                if count is not None and done >= count:
                     return
     except KeyboardInterrupt:
         return
@@ -307,16 +429,11 @@ def _tail_ledger(ctx: click.Context, interval: float, deadline: float | None,
                  after: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     """New runs of the ledger, polled: those newer than ``after`` or, without it,
     those not there when tailing started (the baseline)."""
-    ledger = _ledger(ctx)
-    known = set() if after is not None else {r.run_id for r in ledger.recent(limit=500)}
+    news = _ledger_news(ctx, after)
 
     def poll() -> Iterator[tuple[str, dict[str, Any]]]:
         while deadline is None or time.monotonic() < deadline:
-            fresh = [r for r in ledger.recent(limit=500)
-                     if r.run_id not in known and (after is None or r.run_id > after)]
-            for run in sorted(fresh, key=lambda r: r.run_id):
-                known.add(run.run_id)
-                yield "run:completed" if run.status != "running" else "run:started", run.to_dict()
+            yield from news()
             pause = interval if deadline is None else min(interval, deadline - time.monotonic())
             if pause > 0:
                 time.sleep(pause)
@@ -324,11 +441,92 @@ def _tail_ledger(ctx: click.Context, interval: float, deadline: float | None,
     return poll()
 
 
+def _ledger_news(ctx: click.Context,
+                 after: str | None) -> Callable[[], list[tuple[str, dict[str, Any]]]]:
+    """A function returning the ledger's runs not seen before: newer than ``after`` or,
+    without it, not there when this was called (the baseline)."""
+    ledger = _ledger(ctx)
+    #: run id -> whether it was seen running (the ledger lists running runs too: one
+    #: seen running is said again when it ends).
+    known: dict[str, bool] = {} if after is not None else {
+        r.run_id: r.status == "running" for r in ledger.recent(limit=500)}
+
+    def news() -> list[tuple[str, dict[str, Any]]]:
+        listing = ledger.recent(limit=500)
+        fresh = [r for r in listing
+                 if (after is None or r.run_id > after)
+                 and (r.run_id not in known or (known[r.run_id] and r.status != "running"))]
+        out = []
+        for run in sorted(fresh, key=lambda r: r.run_id):
+            running = run.status == "running"
+            known[run.run_id] = running
+            out.append(("run:started" if running else "run:completed", run.to_dict()))
+        if len(known) > 2_000:  # bounded: a finished run out of the listing stays out
+            listed = {r.run_id for r in listing}
+            for rid in [k for k, running in known.items() if not running and k not in listed]:
+                del known[rid]
+        return out
+
+    return news
+
+
+def _tail_live(ctx: click.Context, interval: float, deadline: float | None,
+               ) -> tuple[Iterator[tuple[str, dict[str, Any]]], str]:
+    """Runs as the app's processes publish them (the host's live feed file of the
+    project's ledger: ``otel-runs serve`` and gunicorn workers publish there), and, from
+    the ledger polled every ``interval`` s, those of processes without a live feed
+    (scripts); subscribed before returning. ``(events, where)``."""
+    from .live import SubscriberDroppedError
+    from .live._feed_hub import feed_hub_for
+
+    root = project_root(ctx)
+    news = _ledger_news(ctx, None)
+    hub = feed_hub_for(root, writable=False)
+    if hub is None:
+        return _tail_ledger(ctx, interval, deadline), f"the ledger of {root}"
+    first = hub.subscribe()
+
+    def read() -> Iterator[tuple[str, dict[str, Any]]]:
+        sub, last_id = first, None
+        next_poll = time.monotonic() + interval
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                end = next_poll if deadline is None else min(next_poll, deadline)
+                try:
+                    batch = sub.next_batch(max(0.0, end - time.monotonic()))
+                except SubscriberDroppedError:  # fell behind: resume after the last one seen
+                    sub.close()
+                    sub = hub.subscribe(last_id)
+                    continue
+                for event in batch:
+                    last_id = event.id
+                    if event.type in ("run:started", "run:completed"):
+                        data = event.json()
+                        if isinstance(data, dict):
+                            yield event.type, data
+                if time.monotonic() >= next_poll:
+                    yield from news()
+                    next_poll = time.monotonic() + interval
+        finally:
+            sub.close()
+
+    return read(), f"the live feed and the ledger of {root}"
+
+
 def _events_url(url: str) -> str:
-    base = url.rstrip("/")
-    if not base.startswith(("http://", "https://")):
+    """The event stream of ``url``: the app's base URL, its ``/runs`` page, or the
+    ``/api/events`` stream itself (query and fragment dropped)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if not url.startswith(("http://", "https://")):
         raise CliError(f"--url must be an http(s) URL, got {url!r}")
-    return base if base.endswith("/api/events") else base + "/api/events"
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    if path.endswith("/runs"):
+        path = path[:-len("/runs")]
+    if not path.endswith("/api/events"):
+        path += "/api/events"
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
 def _open_stream(events_url: str, last_id: str | None, deadline: float | None) -> Any:
@@ -560,8 +758,9 @@ def audit_command(ctx: click.Context, app_path: str | None, as_json: bool,
     """
     from .audit import audit_routes
 
-    app = _load_app(ctx, app_path)
-    routes = audit_routes(app)
+    with _scratch_tempdir(app_path is not None):
+        app = _load_app(ctx, app_path)
+        routes = audit_routes(app)
     untracked = [r for r in routes if not r.tracked]
     if as_json:
         click.echo(json.dumps({"app": app.import_name, "total": len(routes),
@@ -578,6 +777,30 @@ def audit_command(ctx: click.Context, app_path: str | None, as_json: bool,
                    f"{app.import_name} open no run")
     if untracked:
         ctx.exit(1)
+
+
+@contextlib.contextmanager
+def _scratch_tempdir(enabled: bool) -> Iterator[None]:
+    """While an app is loaded for the audit, the temporary files and directories it creates
+    (the demo's scratch project, say) go into one directory, removed afterwards: the app is
+    never served, and the audit leaves nothing behind."""
+    if not enabled:
+        yield
+        return
+    import shutil
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="otel-runs-audit-")
+    saved, tempfile.tempdir = tempfile.tempdir, scratch
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved
+        if any(Path(scratch).iterdir()):
+            from ._setup import shutdown
+
+            shutdown()  # the app's ledger stops writing before its repository goes
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _load_app(ctx: click.Context, app_path: str | None) -> Any:
@@ -612,11 +835,14 @@ def _load_app(ctx: click.Context, app_path: str | None) -> Any:
 def demo_command(host: str, port: int, directory: str | None, delay: float | None) -> None:
     """Start the demo control plane: every action of the inventory as a button."""
     try:
-        from .demo import serve_demo
+        from .demo import DemoError, serve_demo
     except ImportError as exc:
         raise CliError(f"the demo needs the 'demo' extra: pip install 'otel-runs[demo]' ({exc})"
                        ) from None
-    serve_demo(host=host, port=port, directory=directory, delay=delay)
+    try:
+        serve_demo(host=host, port=port, directory=directory, delay=delay)
+    except DemoError as exc:
+        raise CliError(_one_line(exc)) from None
 
 
 def _mount_optional_commands() -> None:
@@ -637,8 +863,25 @@ def register(app: Any, state: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``otel-runs`` console script."""
-    runs_group.main(args=argv, prog_name="otel-runs")
+    """Entry point of the ``otel-runs`` command: exits 0, 1 (an error, printed as one
+    line), 2 (a usage error) or 130 (Ctrl-C, at any moment, without a traceback)."""
+    code: int | str | None = 1
+    try:
+        code = _exit_status(functools.partial(runs_group.main, args=argv, prog_name="otel-runs",
+                                              standalone_mode=False))
+        sys.stdout.flush()
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _quiet_stdout()
+        code = code or 1
+    except SystemExit as exc:  # click's own exit on a broken pipe
+        code = exc.code
+    try:  # from here on (exit handlers flushing the ledger, ...) Ctrl-C ends at once
+        signal.signal(signal.SIGINT, lambda *_: os._exit(EXIT_INTERRUPTED))
+    except ValueError:  # not the main thread
+        pass
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # python -m otel_runs.cli

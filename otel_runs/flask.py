@@ -24,7 +24,9 @@ class RunTracking:
     """``RunTracking(app)`` or ``RunTracking().init_app(app)``.
 
     Reads ``app.config["PROJECT_ROOT"]`` (default: ``OTEL_RUNS_PROJECT_ROOT``,
-    else the current directory), calls :func:`otel_runs.configure` for it,
+    else the current directory), calls :func:`otel_runs.configure` for it (the
+    service named after the app unless ``service_name=``, ``OTEL_SERVICE_NAME`` or
+    ``OTEL_RESOURCE_ATTRIBUTES`` name it, or the application installed its own provider),
     instruments the app with opentelemetry-instrumentation-flask and registers
     the runs API, event stream, live page and ``flask runs`` commands.
 
@@ -53,12 +55,20 @@ class RunTracking:
         app.config.setdefault("OTEL_RUNS_EXCLUDED_URLS", DEFAULT_EXCLUDED_URLS)
         app.config.setdefault("OTEL_RUNS_API", True)
         root = app.config["PROJECT_ROOT"]
-        provider = _setup.configure(root, **self.configure_kwargs)
+        provider = _setup.configure(root, **self._configure_kwargs(app))
         state = _AppState(self, str(root))
         app.extensions[EXTENSION_KEY] = state
         self._instrument(app, provider)
         for hook in _APP_HOOKS:
             hook(app, state)
+
+    def _configure_kwargs(self, app: Flask) -> dict[str, Any]:
+        """``configure_kwargs``; the service is named after the app (``app.name``) when
+        nothing else names it: OTel's variables win, an installed provider is kept."""
+        kwargs = dict(self.configure_kwargs)
+        if kwargs.get("service_name") is None and _setup.service_name_unset():
+            kwargs["service_name"] = app.name
+        return kwargs
 
     @staticmethod
     def _instrument(app: Flask, provider: Any) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from otel_runs.backfill import (
     export_otlp_command,
     export_runs_to_otlp,
 )
+from otel_runs.cli import runs_group
 from otel_runs.ledger import ledger_for
 
 
@@ -148,13 +151,51 @@ def test_no_endpoint_is_a_clear_error_before_reading_anything(tmp_path: Path) ->
         export_runs_to_otlp(tmp_path / "not-a-repo")
 
 
-def test_unreachable_endpoint_is_a_one_line_error(history: dict[str, Any],
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
-    with pytest.raises(BackfillError) as info:
-        export_runs_to_otlp(history["root"], endpoint=refused_endpoint())
+def test_unreachable_endpoint_is_a_one_line_error(history: dict[str, Any]) -> None:
+    started, endpoint = time.monotonic(), refused_endpoint()
+    with pytest.raises(BackfillError) as info:  # checked up front: no retries, no waiting
+        export_runs_to_otlp(history["root"], endpoint=endpoint)
+    assert time.monotonic() - started < 5
     assert "\n" not in str(info.value)
-    assert "failed after 0 of 4 runs" in str(info.value)
+    assert str(info.value).startswith(f"cannot reach the OTLP endpoint {endpoint}: ")
+    assert "Connection refused" in str(info.value)
+    with pytest.raises(BackfillError, match="is not an http\\(s\\) URL"):
+        export_runs_to_otlp(history["root"], endpoint="localhost-4318")
+
+
+class _Refusing(ThreadingHTTPServer):
+    """An HTTP server that answers every export with 400 (an error the exporter does not retry)."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(400)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+def test_a_refused_export_is_one_short_line(history: dict[str, Any]) -> None:
+    server = _Refusing()
+    try:
+        with pytest.raises(BackfillError) as info:
+            export_runs_to_otlp(history["root"], endpoint=server.endpoint)
+    finally:
+        server.shutdown()
+        server.server_close()
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 400, message
+    assert "failed after 0 of 4 runs" in message and "400" in message
 
 
 # -- the command ---------------------------------------------------------------------------
@@ -195,12 +236,14 @@ def test_command_exports_with_progress(history: dict[str, Any]) -> None:
 
 def test_command_errors_are_one_line(history: dict[str, Any], tmp_path: Path) -> None:
     endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": refused_endpoint(), "OTEL_EXPORTER_OTLP_TIMEOUT": "1"}
-    assert "unknown run type 'nope'" in _one_line_error(
-        _invoke("--project", str(history["root"]), "--type", "nope", env=endpoint))
+    bad_type = CliRunner().invoke(runs_group, ["export-otlp", "--project", str(history["root"]),
+                                               "--type", "nope"], env=endpoint)
+    assert bad_type.exit_code == 2  # a usage error, as `list --type` and the runs API
+    assert "unknown run type 'nope'; valid: backup, build" in _one_line_error(bad_type)
     plain = tmp_path / "plain"
     plain.mkdir()
     assert str(plain) in _one_line_error(_invoke("--project", str(plain), env=endpoint))
-    assert "failed after 0 of 4 runs" in _one_line_error(
+    assert "cannot reach the OTLP endpoint" in _one_line_error(
         _invoke("--project", str(history["root"]), env=endpoint))
 
 

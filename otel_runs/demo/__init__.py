@@ -10,9 +10,13 @@ extra (``cryptography``) for the vault and content actions.
 
 from __future__ import annotations
 
+import errno
 import html
 import os
 import random
+import shutil
+import socket
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +24,11 @@ from flask import Flask, Response, jsonify
 
 from ..inventory import ACTIONS, by_integration
 from ._routes import actions_blueprint
-from ._scratch import DemoDirError, make_scratch
+from ._scratch import DemoDirError, DemoError, make_scratch
 from ._tools import DemoState
 from ._web import harden
 
-__all__ = ["DemoDirError", "create_demo_app", "serve_demo"]
+__all__ = ["DemoDirError", "DemoError", "create_demo_app", "serve_demo"]
 
 #: Seconds a simulated tool takes, times its weight (0.3-2.0).
 OTEL_RUNS_DEMO_DELAY = "OTEL_RUNS_DEMO_DELAY"
@@ -45,9 +49,9 @@ def _env_float(name: str, default: float, low: float, high: float) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number") from None
+        raise DemoError(f"{name}={raw!r} is not a number") from None
     if not low <= value <= high:
-        raise ValueError(f"{name}={raw!r} must be between {low} and {high}")
+        raise DemoError(f"{name}={raw!r} must be between {low} and {high}")
     return value
 
 
@@ -144,16 +148,56 @@ def _add_pages(app: Flask, state: DemoState) -> None:
 def serve_demo(host: str = "127.0.0.1", port: int = 5050,
                directory: str | os.PathLike[str] | None = None,
                delay: float | None = None) -> None:
-    """Create the demo app and serve it (blocking) with Flask's threaded server."""
-    app = create_demo_app(directory, delay=delay)
+    """Create the demo app and serve it (blocking) with werkzeug's threaded server.
+
+    The port is taken first; when it is busy, or the start fails or is interrupted, a
+    scratch directory made here (no ``directory``) is removed again."""
+    from werkzeug.serving import make_server  # not app.run: a no-op under `flask run`
+
+    sock = _listen(host, port)
+    own = tempfile.mkdtemp(prefix="otel-runs-demo-") if directory is None else None
+    try:
+        app = create_demo_app(directory if own is None else own, delay=delay)
+        server = make_server(host, port, app, threaded=True, fd=sock.fileno())
+    except BaseException:
+        if own is not None:
+            _discard(own)
+        raise
+    finally:
+        sock.close()  # the server has its own copy
     state: DemoState = app.extensions["otel_runs_demo"]
-    url = f"http://{host}:{port}/"
+    url = f"http://{host}:{server.socket.getsockname()[1]}/"
     print(f"otel-runs demo\n  scratch directory: {state.base}\n"
           f"  project (ledger on branch scp-ledger): {state.project}\n"
           f"  bare remote: {state.remote}\n"
           f"  open {url}  (live runs: {url}runs; Ctrl-C to stop)\n"
           f"  actions answer same-origin requests only; the runs API and page, loopback clients\n"
           f"  afterwards: otel-runs --project {state.project} list", flush=True)
-    from werkzeug.serving import run_simple  # not app.run: a no-op under `flask run`
+    server.log_startup()
+    server.serve_forever()  # until Ctrl-C
 
-    run_simple(host, port, app, threaded=True, use_reloader=False)
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, or a one-line :class:`DemoError`."""
+    from werkzeug.serving import get_sockaddr, select_address_family
+
+    family = select_address_family(host, port)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(get_sockaddr(host, port, family))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        hint = "; stop what uses it or pass another --port" if exc.errno == errno.EADDRINUSE else ""
+        raise DemoError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from None
+    return sock
+
+
+def _discard(base: str) -> None:
+    """Remove a scratch directory made for a demo that did not start."""
+    from .._setup import ledger_processor, shutdown
+
+    if ledger_processor(Path(base) / "project") is not None:
+        shutdown()  # its ledger stops writing before the repository goes
+    shutil.rmtree(base, ignore_errors=True)

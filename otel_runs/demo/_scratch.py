@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DemoDirError", "Scratch", "make_scratch"]
+__all__ = ["DemoDirError", "DemoError", "Scratch", "make_scratch"]
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "otel-runs demo", "GIT_AUTHOR_EMAIL": "demo@localhost",
            "GIT_COMMITTER_NAME": "otel-runs demo", "GIT_COMMITTER_EMAIL": "demo@localhost",
@@ -17,7 +18,11 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "otel-runs demo", "GIT_AUTHOR_EMAIL": "demo@localh
 _MARKER = ".otel-runs-demo"
 
 
-class DemoDirError(ValueError):
+class DemoError(ValueError):
+    """The demo cannot start (its message is one line saying why)."""
+
+
+class DemoDirError(DemoError):
     """The directory given for the demo cannot be used."""
 
 
@@ -53,10 +58,25 @@ def make_scratch(directory: str | os.PathLike[str] | None = None) -> Scratch:
     scratch = Scratch(base, base / "project", base / "remote.git", base / "teammate")
     if (base / _MARKER).exists() and (scratch.project / ".git").exists():
         return scratch
+    existed = base.exists()
     base.mkdir(parents=True, exist_ok=True)
-    (base / _MARKER).write_text("created by otel-runs demo\n")
-    _create(scratch)
+    try:
+        (base / _MARKER).write_text("created by otel-runs demo\n")
+        _create(scratch)
+    except BaseException:  # git missing, disk full, Ctrl-C: leave nothing half made
+        _remove(scratch, existed)
+        raise
     return scratch
+
+
+def _remove(s: Scratch, keep_base: bool) -> None:
+    """Remove what :func:`make_scratch` creates (and ``s.base`` unless ``keep_base``)."""
+    if not keep_base:
+        shutil.rmtree(s.base, ignore_errors=True)
+        return
+    for path in (s.project, s.remote, s.teammate, s.base / "incoming"):
+        shutil.rmtree(path, ignore_errors=True)
+    (s.base / _MARKER).unlink(missing_ok=True)
 
 
 def _create(s: Scratch) -> None:

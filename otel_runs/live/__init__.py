@@ -1,15 +1,21 @@
 """The live view of runs: the event hub behind ``/api/events`` and its backends.
 
 - :mod:`._hub`: the hub protocol, event ids, the in-process :class:`EventHub`;
+- :mod:`._feed`: the feed file, one ordered append-only log per ledger for every process
+  of a host (``.git/otel-runs/feed-*``: generations, records, the rotation protocol);
+- :mod:`._feed_hub`, :mod:`._feed_sub`: the hub on it (the default for a project in a
+  git repository) and its readers;
 - :mod:`._redis`: the Redis Streams hub (``OTEL_RUNS_REDIS_URL``), one feed for every host;
 - :mod:`._streams`: what keeps ``/api/events`` streams from starving the server.
 
-Imports go one way: ``_streams`` and ``_redis`` use ``_hub``; nothing here imports
-the web layer.
+Imports go one way: ``_streams``, ``_redis`` and ``_feed_hub`` use ``_hub``;
+``_feed_hub`` uses ``_feed``; nothing here imports the web layer (``_feed_hub`` asks
+the ledger where a project's git directory is).
 """
 
 from __future__ import annotations
 
+from ._feed_hub import FeedHub, feed_dir_for, feed_hub_for
 from ._hub import (
     DEFAULT_BUFFER_BYTES,
     DEFAULT_BUFFER_SIZE,
@@ -36,10 +42,13 @@ __all__ = [
     "RESET_EVENT",
     "Event",
     "EventHub",
+    "FeedHub",
     "Hub",
     "SubscriberDroppedError",
     "Subscription",
     "buffer_bytes",
+    "feed_dir_for",
+    "feed_hub_for",
     "get_hub",
     "hub_from_settings",
     "parse_event_id",

@@ -13,13 +13,15 @@ Event ids look like ``<epoch>-<seq>`` (the Redis Streams form) and compare as
 integer pairs. In-process, ``epoch`` is the hub's start time in milliseconds, so
 ids keep increasing across a server restart and an id from an earlier process is
 recognised (the reader gets a ``reset`` event telling it to reload).
-With ``OTEL_RUNS_REDIS_URL`` set, :func:`hub_from_settings` returns the Redis
-backed hub (:mod:`otel_runs.live._redis`), shared by every process and host.
+:func:`hub_from_settings` returns the Redis hub (:mod:`otel_runs.live._redis`) with
+``OTEL_RUNS_REDIS_URL``, else the feed file hub (:mod:`otel_runs.live._feed_hub`) of a
+project in a git repository: one feed for every process of the host.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -367,15 +369,24 @@ class _LocalSubscription:
 
 def hub_from_settings(buffer_size: int = DEFAULT_BUFFER_SIZE,
                       client_queue: int = DEFAULT_CLIENT_QUEUE,
-                      slow_after: float = DEFAULT_SLOW_AFTER) -> Hub:
-    """The Redis hub when ``OTEL_RUNS_REDIS_URL`` is set, else a new :class:`EventHub`
-    (its replay buffer bounded by ``OTEL_RUNS_SSE_BUFFER_BYTES`` too)."""
+                      slow_after: float = DEFAULT_SLOW_AFTER,
+                      project_root: str | os.PathLike[str] | None = None) -> Hub:
+    """The Redis hub when ``OTEL_RUNS_REDIS_URL`` is set; else, for a ``project_root``
+    whose feed directory can be written, the host-wide feed hub (one per feed in a
+    process); else a new :class:`EventHub`. Buffers are bounded by bytes too."""
     url = redis_url()
     if url:
         from ._redis import RedisHub
 
         return RedisHub(url, buffer_size=buffer_size, client_queue=client_queue,
                         slow_after=slow_after)
+    if project_root is not None:
+        from ._feed_hub import feed_hub_for
+
+        hub = feed_hub_for(project_root, buffer_size=buffer_size, client_queue=client_queue,
+                           slow_after=slow_after)
+        if hub is not None:
+            return hub
     return EventHub(buffer_size=buffer_size, client_queue=client_queue, slow_after=slow_after)
 
 

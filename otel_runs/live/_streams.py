@@ -9,6 +9,9 @@
   does not read fails after that long instead of blocking the thread.
 - :func:`peer_gone`: a closed client is seen before the next write (the first write to a
   closed TCP socket succeeds; only the second fails), so within one heartbeat.
+- :func:`server_stopping`: under gunicorn, whether the worker is shutting down, so that
+  open streams end within about a second instead of holding the worker for its whole
+  graceful timeout.
 - :func:`event_stream`: the SSE generator itself.
 """
 
@@ -34,6 +37,7 @@ __all__ = [
     "event_stream",
     "gunicorn_worker",
     "peer_gone",
+    "server_stopping",
     "stream_socket",
     "sync_worker_error",
 ]
@@ -49,6 +53,8 @@ DEFAULT_SEND_TIMEOUT = 2.0
 #: (the default of ``OTEL_RUNS_SSE_WAKEUPS``).
 STREAM_WAKEUPS_PER_SECOND = 100.0
 _MAX_LINGER = 1.0
+#: How often (s) a stream that can tell its server is stopping looks.
+STOP_CHECK_INTERVAL = 1.0
 
 _worker_cache: dict[int, Any] = {}
 
@@ -130,6 +136,23 @@ class StreamGate:
         return release
 
 
+def server_stopping(environ: dict[str, Any]) -> Callable[[], bool] | None:
+    """Under gunicorn: a check that is true once the worker serving this request stops
+    (``worker.alive`` false: SIGTERM, SIGINT, max requests; or its master is gone).
+    None elsewhere (werkzeug's threads are daemons: nothing waits for a stream)."""
+    if not _is_gunicorn(environ):
+        return None
+    worker = gunicorn_worker()
+    if worker is None or not hasattr(worker, "alive"):
+        return None
+    ppid = getattr(worker, "ppid", None)
+
+    def stopping() -> bool:
+        return not worker.alive or (ppid is not None and os.getppid() != ppid)
+
+    return stopping
+
+
 def stream_socket(environ: dict[str, Any],
                   send_timeout: float) -> tuple[socket.socket | None, Callable[[], None]]:
     """The client's socket with its writes bounded by ``send_timeout`` s, and a function
@@ -189,34 +212,50 @@ def peer_gone(sock: socket.socket | None) -> bool:
         return True
 
 
+def _paced(hub: Hub) -> int:
+    """The streams sharing the wake-ups: the host's on one feed file, else the process's."""
+    paced = getattr(hub, "paced_streams", None)
+    return int(paced()) if paced is not None else hub.subscriber_count
+
+
 def event_stream(hub: Hub, sub: Subscription, heartbeat: float, retry_ms: int, linger: float,
                  wakeups: float = STREAM_WAKEUPS_PER_SECOND,
                  sock: socket.socket | None = None,
-                 release: Callable[[], None] | None = None) -> Iterator[bytes]:
+                 release: Callable[[], None] | None = None,
+                 stopping: Callable[[], bool] | None = None) -> Iterator[bytes]:
     """Yield SSE frames until the client goes (seen on its socket before a write, or
-    the server's write fails and closes this generator), the reader is dropped, or the
-    hub closes.
+    the server's write fails and closes this generator), the reader is dropped, the
+    hub closes, or ``stopping()`` (looked at every :data:`STOP_CHECK_INTERVAL` s at
+    least) says the server is shutting down.
 
     After each write the reader sleeps at least ``linger`` seconds (longer with
-    many streams: ``streams / wakeups``, at most 1 s; aligned to multiples of the
+    many streams: ``streams / wakeups``, at most 1 s, the streams of every process of the
+    host on a feed file hub, of this process else; aligned to multiples of the
     pause, so streams wake together), so the events published meanwhile go out
     in one write. A batch of the hub's full chunk size means a backlog: the next
     one follows at once. A heartbeat comment goes out after ``heartbeat`` s idle.
     """
+    look = heartbeat if stopping is None else min(heartbeat, STOP_CHECK_INTERVAL)
     try:
         yield f"retry: {retry_ms}\n: connected\n\n".encode()
+        quiet_since = time.monotonic()
         while True:
+            if stopping is not None and stopping():
+                return
             try:
-                count, data = sub.next_frames(heartbeat)
+                count, data = sub.next_frames(look)
             except SubscriberDroppedError:
                 return
             if peer_gone(sock):
                 return
+            if not count and time.monotonic() - quiet_since < heartbeat - 1e-3:
+                continue  # only a look at the server: no heartbeat due yet
+            quiet_since = time.monotonic()
             if count:
                 yield data
                 if count >= hub.client_queue:
                     continue  # a backlog handed out in chunks: no pause until it is drained
-                pause = max(linger, min(_MAX_LINGER, hub.subscriber_count / wakeups))
+                pause = max(linger, min(_MAX_LINGER, _paced(hub) / wakeups))
                 if pause > 0:
                     # To a multiple of pause (at least linger away): streams wake together.
                     wait = pause - time.monotonic() % pause
