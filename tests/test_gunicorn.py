@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 import threading
 from collections.abc import Callable, Iterator
@@ -12,14 +9,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import free_port, git, port_open, stop_child, wait_until
+from conftest import git, wait_until
+from gunicorn_server import GunicornServer
 
 from otel_runs.live import parse_event_id
-
-gunicorn_module = pytest.importorskip(
-    "gunicorn", reason="gunicorn is a test dependency (pip install -e '.[test]')")
-#: gunicorn >= 27 opens a control socket under ~/.gunicorn by default: not for tests.
-_NO_CONTROL_SOCKET = ["--no-control-socket"] if gunicorn_module.version_info >= (27,) else []
 
 APP = textwrap.dedent('''
     import os
@@ -45,31 +38,11 @@ APP = textwrap.dedent('''
 ''')
 
 
-class Gunicorn:
+class Gunicorn(GunicornServer):
     """``gunicorn -k gthread`` serving the app above from ``workdir``."""
 
     def __init__(self, workdir: Path, workers: int, env: dict[str, str]) -> None:
-        (workdir / "gunicorn_app.py").write_text(APP)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / "gunicorn.log"
-        self._log_file = self.log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--threads", "8",
-             "--workers", str(workers), "--bind", f"127.0.0.1:{self.port}",
-             "--chdir", str(workdir), "--graceful-timeout", "2", *_NO_CONTROL_SOCKET,
-             "gunicorn_app:app"],
-            env={**os.environ, **env}, stdout=self._log_file, stderr=subprocess.STDOUT)
-        try:
-            wait_until(lambda: self.proc.poll() is not None or port_open(self.port), timeout=30)
-        except Exception:
-            self.stop()
-            raise
-        assert self.proc.poll() is None, self.log.read_text()
-
-    def stop(self) -> None:
-        stop_child(self.proc, 15)  # SIGTERM: gunicorn's graceful stop
-        self._log_file.close()
+        super().__init__(workdir, "gunicorn_app", APP, workers, env)
 
 
 @pytest.fixture

@@ -20,13 +20,10 @@ from typing import Any
 import pytest
 import requests
 from conftest import free_port, port_open, stop_child, wait_until
+from gunicorn_server import GunicornServer
 
 from otel_runs.live import parse_event_id
 
-gunicorn_module = pytest.importorskip(
-    "gunicorn", reason="gunicorn is a test dependency (pip install -e '.[test]')")
-#: gunicorn >= 27 opens a control socket under ~/.gunicorn by default: not for tests.
-_NO_CONTROL_SOCKET = ["--no-control-socket"] if gunicorn_module.version_info >= (27,) else []
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -62,34 +59,14 @@ APP = textwrap.dedent('''
 ''')
 
 
-class Gunicorn:
+class Gunicorn(GunicornServer):
     """``gunicorn -k gthread`` serving the app above from ``workdir`` (no Redis)."""
 
     def __init__(self, workdir: Path, workers: int, env: dict[str, str],
                  graceful_timeout: int = 2) -> None:
-        (workdir / "feed_app.py").write_text(APP)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / f"gunicorn-{self.port}.log"
-        self._log_file = self.log.open("wb")
-        environ = {k: v for k, v in os.environ.items() if k != "OTEL_RUNS_REDIS_URL"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--threads", "16",
-             "--workers", str(workers), "--bind", f"127.0.0.1:{self.port}",
-             "--chdir", str(workdir), "--graceful-timeout", str(graceful_timeout),
-             *_NO_CONTROL_SOCKET, "feed_app:app"],
-            env={**environ, "PYTHONPATH": str(ROOT), **env}, stdout=self._log_file,
-            stderr=subprocess.STDOUT)
-        try:
-            wait_until(lambda: self.proc.poll() is not None or port_open(self.port), timeout=30)
-        except Exception:
-            self.stop()
-            raise
-        assert self.proc.poll() is None, self.log.read_text()
-
-    def stop(self) -> None:
-        stop_child(self.proc, 15)  # SIGTERM: gunicorn's graceful stop
-        self._log_file.close()
+        super().__init__(workdir, "feed_app", APP, workers, {"PYTHONPATH": str(ROOT), **env},
+                         threads=16, graceful_timeout=graceful_timeout,
+                         without=("OTEL_RUNS_REDIS_URL",))
 
 
 @pytest.fixture

@@ -18,11 +18,9 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import free_port, git, port_open, stop_child, wait_until
+from conftest import git, wait_until
+from gunicorn_server import GunicornServer
 
-gunicorn_module = pytest.importorskip(
-    "gunicorn", reason="gunicorn is a test dependency (pip install -e '.[test]')")
-_NO_CONTROL_SOCKET = ["--no-control-socket"] if gunicorn_module.version_info >= (27,) else []
 CLOSE = {"Connection": "close"}  # a fresh connection each time: any worker may answer
 
 APP = textwrap.dedent('''
@@ -67,29 +65,12 @@ APP = textwrap.dedent('''
 ''')
 
 
-class Gunicorn:
+class Gunicorn(GunicornServer):
     """``gunicorn -k gthread --threads 8 --workers N`` serving :data:`APP`."""
 
     def __init__(self, workdir: Path, root: Path, workers: int) -> None:
-        (workdir / "live_app.py").write_text(APP)
         self.root = root
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / "gunicorn.log"
-        self._log_file = self.log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--threads", "8",
-             "--workers", str(workers), "--bind", f"127.0.0.1:{self.port}",
-             "--chdir", str(workdir), "--graceful-timeout", "2", *_NO_CONTROL_SOCKET,
-             "live_app:app"],
-            env={**os.environ, "OTEL_RUNS_PROJECT_ROOT": str(root)},
-            stdout=self._log_file, stderr=subprocess.STDOUT)
-        try:
-            wait_until(lambda: self.proc.poll() is not None or port_open(self.port), timeout=30)
-        except Exception:
-            self.stop()
-            raise
-        assert self.proc.poll() is None, self.log.read_text()
+        super().__init__(workdir, "live_app", APP, workers, {"OTEL_RUNS_PROJECT_ROOT": str(root)})
         # every worker up (each answers /pid), so reads spread over all of them
         wait_until(lambda: len(self.worker_pids(12)) == workers, timeout=30, interval=0.1)
 
@@ -100,10 +81,6 @@ class Gunicorn:
     def get(self, path: str) -> requests.Response:
         """GET on a fresh connection."""
         return requests.get(self.url + path, headers=CLOSE, timeout=10)
-
-    def stop(self) -> None:
-        stop_child(self.proc, 15)
-        self._log_file.close()
 
 
 @pytest.fixture

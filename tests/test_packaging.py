@@ -115,7 +115,8 @@ def test_the_sdist_holds_the_tests_and_everything_they_and_the_readme_need(
         assert pkg_info is not None
         assert _metadata(pkg_info.read().decode())["License-Expression"] == "MIT"
     for name in ("LICENSE", "CHANGELOG.md", "README.md", "pyproject.toml", ".ci/run",
-                 "tests/conftest.py", "tests/ledger_child.py", "tests/otlp_receiver.py"):
+                 "tests/conftest.py", "tests/ledger_child.py", "tests/otlp_receiver.py",
+                 "tests/gunicorn_server.py"):
         assert name in names, name
     for folder in SDIST_FOLDERS:
         missing = _files(REPO, folder) - names
