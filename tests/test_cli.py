@@ -164,7 +164,15 @@ def test_tail_follows_the_ledger(git_repo: Path) -> None:
     thread.join(timeout=90)
     assert not thread.is_alive()
     lines = [json.loads(ln) for ln in result["r"].stdout.splitlines()]
-    assert [ln["run"]["run_id"] for ln in lines] == new
+    # Each run once as completed, in order; a run the poll saw while it was running is
+    # also said as started, before its completion.
+    assert [ln["run"]["run_id"] for ln in lines if ln["event"] == "run:completed"] == new
+    started = [ln["run"]["run_id"] for ln in lines if ln["event"] == "run:started"]
+    assert len(started) == len(set(started)) and set(started) <= set(new)
+    for run_id in started:
+        order = [(ln["event"], ln["run"]["run_id"]) for ln in lines]
+        assert order.index(("run:started", run_id)) < order.index(("run:completed", run_id))
+    assert {ln["event"] for ln in lines} <= {"run:started", "run:completed"}
     assert result["r"].exit_code == 0
 
 
