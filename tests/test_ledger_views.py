@@ -58,34 +58,3 @@ def test_a_new_ledger_sees_runs_not_yet_committed(git_repo: Path,
         for ledger in (opened_before, opened_after, elsewhere, other_branch):
             ledger.close()
     assert user_state(git_repo) == before
-
-
-@pytest.mark.parametrize("commit_process", ["never", "always"])
-def test_a_backlog_keeps_its_lines_in_the_journal_not_in_memory(
-        git_repo: Path, monkeypatch: pytest.MonkeyPatch, commit_process: str) -> None:
-    """Past KEEP_LINES pending runs, an entry notes where its line is in the journal and
-    reads it back (the commit helper reads it from the journal itself): readers and the
-    commit see the same runs as before."""
-    from otel_runs.ledger import _ledger
-
-    monkeypatch.setattr(_ledger, "KEEP_LINES", 10)
-    monkeypatch.setenv("OTEL_RUNS_COMMIT_INTERVAL", "600")  # nothing commits by itself
-    monkeypatch.setenv("OTEL_RUNS_COMMIT_PROCESS", commit_process)  # here / the helper reads
-    ledger = Ledger(git_repo)
-    try:
-        runs = [Run(new_run_id(), "deploy", "deploy:k8s", status="ok", summary=f"run {i}")
-                for i in range(40)]
-        for run in runs:
-            ledger.record(run, [{"name": f"span {run.summary}"}])
-        entries = [ledger.pending.get(r.run_id) for r in runs]
-        kept = [e for e in entries if e is not None and e._line is not None]
-        assert len(kept) == 10 and all(e is not None for e in entries)
-        last = runs[-1]
-        assert ledger.get(last.run_id) == last
-        assert [s["name"] for s in ledger.spans(last.run_id)] == ["span run 39"]
-        assert [r.run_id for r in ledger.recent(5)] == sorted(r.run_id for r in runs)[-5:][::-1]
-        assert ledger.flush(60)
-        assert on_branch(git_repo) == {r.run_id for r in runs}
-        assert Ledger(git_repo).get(last.run_id) == last
-    finally:
-        ledger.close()

@@ -233,7 +233,7 @@ class Committing:
                 result = write_isolating(batch, self._commit, self._reject)
             except Exception as exc:
                 with self._cond:  # (without the ones quarantined meanwhile)
-                    batch = [e for e in batch if self.pending.get(e.run_id) is e]
+                    batch = [e for e in batch if self.pending.is_pending(e)]
                 if batch:
                     self._failed(batch, exc)
                 return False
@@ -241,7 +241,7 @@ class Committing:
                 self._sizer.succeeded()
             with self._cond:
                 unjournaled = [e.run_id for e in batch if e.segment < 0
-                               and self.pending.get(e.run_id) is e]
+                               and self.pending.is_pending(e)]
                 segments = self.pending.remove(batch)
                 for run_id in unjournaled:
                     self._journal.forget_start(run_id)
@@ -325,8 +325,9 @@ class Committing:
         """What is not committed, with exact counts (for the close and exit logs), or None."""
         with self._cond:
             entries = self.pending.snapshot()
+            spilled = self.pending.spilled
             poison = len(self._poison)
-        journaled = sum(1 for e in entries if e.segment >= 0)
+        journaled = spilled + sum(1 for e in entries if e.segment >= 0)
         memory = self.only_in_memory
         parts = []
         if journaled:

@@ -42,7 +42,7 @@ from ._committer import (
 )
 from ._journal import JournalUnavailable, JournalWriter
 from ._journal_records import encode_record, encoded_line, raw_span
-from ._pending import KEEP_LINES, Pending, PendingQueue, share
+from ._pending import Pending, PendingQueue, share
 from ._quarantine import Quarantined, quarantined
 from ._reads import Reading
 from ._recovery import RECOVER_INTERVAL, Recovering
@@ -251,12 +251,13 @@ class Ledger(Reading, Recovering, Committing):
             segment, offset = self._journal.append_end_at(run_id, line)
         except OSError as exc:
             segment, error = -1, exc
-        spill = segment >= 0 and len(self.pending) >= KEEP_LINES
-        entry = Pending(run_id, line, segment, self._journal if spill else None, offset)
         with self._cond:
             if not len(self.pending):
                 self.pending.first_at = time.monotonic()
-            count = self.pending.add(entry)
+            if segment >= 0:
+                count = self.pending.add_journaled(run_id, line, segment, offset, self._journal)
+            else:
+                count = self.pending.add(Pending(run_id, line, -1))
             memory = self.pending.unjournaled
             if count in (1, self._helper_min_batch) or count >= self._sizer.limit:
                 self._cond.notify_all()
