@@ -10,10 +10,13 @@ Cases, interleaved round by round (shuffled order) through the Flask test client
      when ``otel_runs.exporters.ledger`` is available
   d  the default wiring, ``RunTracking(app)``: ledger + live feed (each run encoded once
      for the journal and the feed), the API blueprint, FlaskInstrumentor through otel-runs
+  m  d with run metrics on (``OTEL_RUNS_METRICS_ENDPOINT``: the OpenTelemetry metrics SDK
+     with a Prometheus reader and the ``/metrics`` route; when the ``prometheus`` extra is
+     installed)
   s  for scale: case a plus one plain nested span in the view (no otel-runs at all)
 Prints the median per-request time of each case and, as medians of per-round ratios,
-b/a (goal <= 1.2), c/a (goal <= 1.25), d/a (goal <= 1.35) and s/a (what any extra span
-costs here).
+b/a (goal <= 1.2), c/a (goal <= 1.25), d/a (goal <= 1.35), m/d (metrics on against the
+same wiring without them, goal <= 1.05) and s/a (what any extra span costs here).
 """
 
 from __future__ import annotations
@@ -101,6 +104,18 @@ def default_wiring(root: Path) -> Flask:
     return app
 
 
+def with_metrics(root: Path) -> Flask:
+    from otel_runs.flask import RunTracking
+
+    app = Flask("m")
+    app.config["PROJECT_ROOT"] = str(root)
+    app.config["OTEL_RUNS_METRICS_ENDPOINT"] = "/metrics"
+    app.add_url_rule("/k8s/apply", "apply", otel_runs.run_tracked("deploy", "deploy:k8s")(_view),
+                     methods=["POST"])
+    RunTracking(app)
+    return app
+
+
 def per_request_us(app: Flask, n: int) -> float:
     client = app.test_client()
     start = time.perf_counter()
@@ -111,9 +126,11 @@ def per_request_us(app: Flask, n: int) -> float:
 
 
 def interleaved(apps: dict[str, Flask], rounds: int, requests: int,
-                by_request: bool = False) -> tuple[dict[str, float], dict[str, float]]:
+                by_request: bool = False, pairs: tuple[tuple[str, str], ...] = (),
+                ) -> tuple[dict[str, float], dict[str, float]]:
     """Warm up, then time every app ``rounds`` times in a shuffled order each round.
-    Returns each app's median us/request and its ratio to app ``"a"``: the median of
+    Returns each app's median us/request and its ratio to app ``"a"`` (and, for each
+    ``(x, y)`` of ``pairs``, ``ratio["x/y"]``): the median of
     per-round ratios (the apps of one round run within a second, so load changes on
     a shared machine mostly cancel out). ``by_request``: within a round, take turns
     request by request (each request timed alone, a round's figure is the median)
@@ -145,6 +162,10 @@ def interleaved(apps: dict[str, Flask], rounds: int, requests: int,
     med = {name: statistics.median(values) for name, values in samples.items()}
     ratio = {name: statistics.median(x / a for x, a in zip(values, samples["a"], strict=True))
              for name, values in samples.items()}
+    for x, y in pairs:  # "x/y": the median of per-round ratios of two other cases
+        if x in samples and y in samples:
+            ratio[f"{x}/{y}"] = statistics.median(
+                p / q for p, q in zip(samples[x], samples[y], strict=True))
     return med, ratio
 
 
@@ -182,16 +203,26 @@ def main() -> None:
         wired.mkdir()
         subprocess.run(["git", "init", "-q", str(wired)], check=True)
         cases["d"] = lambda: default_wiring(wired)
+        try:
+            importlib.import_module("opentelemetry.exporter.prometheus")
+            metered = tmp / "metered"
+            metered.mkdir()
+            subprocess.run(["git", "init", "-q", str(metered)], check=True)
+            cases["m"] = lambda: with_metrics(metered)
+        except ImportError:
+            print("the 'prometheus' extra is not installed: case m skipped")
     except ImportError:
         print("ledger not available: case c skipped")
     cases["s"] = nested_span
     apps = {name: make() for name, make in cases.items()}
 
-    med, ratio = interleaved(apps, args.rounds, args.requests, args.by_request)
+    med, ratio = interleaved(apps, args.rounds, args.requests, args.by_request,
+                             pairs=(("m", "d"),))
     otel_runs.flush()
     labels = {"a": "FlaskInstrumentor only", "b": "+ @run_tracked, no-op RunProcessor",
               "c": "+ git ledger (journal on request path)",
               "d": "RunTracking(app): ledger + live feed",
+              "m": "d + run metrics (Prometheus reader)",
               "s": "a + one plain nested span (for scale)"}
     for name, value in med.items():
         print(f"{name}  {labels[name]:<42} median {value:8.1f} us/request")
@@ -200,6 +231,8 @@ def main() -> None:
         print(f"ratio c/a = {ratio['c']:.2f}  (goal <= 1.25)")
     if "d" in ratio:
         print(f"ratio d/a = {ratio['d']:.2f}  (goal <= 1.35)")
+    if "m" in ratio:
+        print(f"ratio m/d = {ratio['m/d']:.3f}  (goal <= 1.05; m/a = {ratio['m']:.2f})")
     print(f"ratio s/a = {ratio['s']:.2f}  (for scale: one plain span, no otel-runs)")
     otel_runs.shutdown()
 

@@ -50,6 +50,16 @@ OTEL_RUNS_ALLOWED_HOSTS = "OTEL_RUNS_ALLOWED_HOSTS"
 #: requests a ``RunTracking(app, protect=True)`` app accepts besides its own.
 OTEL_RUNS_ALLOWED_ORIGINS = "OTEL_RUNS_ALLOWED_ORIGINS"
 
+#: ``1`` records run metrics (OpenTelemetry's CICD metrics and otel-runs' health) through
+#: the OpenTelemetry metrics SDK (default off; also ``app.config``).
+OTEL_RUNS_METRICS = "OTEL_RUNS_METRICS"
+#: ``1`` (or a path such as ``/metrics``) serves the metrics for Prometheus at that path of
+#: each ``RunTracking`` app, guarded like the runs API (default off; implies metrics on).
+OTEL_RUNS_METRICS_ENDPOINT = "OTEL_RUNS_METRICS_ENDPOINT"
+#: Seconds between two counts of the ledger branch's runs for ``otel_runs.ledger.runs``
+#: (default 30).
+OTEL_RUNS_METRICS_LEDGER_INTERVAL = "OTEL_RUNS_METRICS_LEDGER_INTERVAL"
+
 _DURABILITY_CHOICES = ("journal", "fsync")
 _ON_JOURNAL_ERROR_CHOICES = ("keep", "raise")
 

@@ -52,7 +52,7 @@ class RunTracking:
         """Wire run tracking into ``app`` (state in ``app.extensions["otel_runs"]``)."""
         app.config.setdefault(
             "PROJECT_ROOT", os.environ.get("OTEL_RUNS_PROJECT_ROOT") or os.getcwd())
-        app.config.setdefault("OTEL_RUNS_EXCLUDED_URLS", DEFAULT_EXCLUDED_URLS)
+        app.config.setdefault("OTEL_RUNS_EXCLUDED_URLS", _default_excluded_urls(app))
         app.config.setdefault("OTEL_RUNS_API", True)
         root = app.config["PROJECT_ROOT"]
         provider = _setup.configure(root, **self._configure_kwargs(app))
@@ -82,6 +82,15 @@ class RunTracking:
         )
 
 
+def _default_excluded_urls(app: Flask) -> str:
+    """:data:`DEFAULT_EXCLUDED_URLS`, and the metrics endpoint when it is on (a scrape
+    every few seconds is no request worth a trace)."""
+    from .metrics._flask import endpoint_path
+
+    path = endpoint_path(app)
+    return DEFAULT_EXCLUDED_URLS if path is None else f"{DEFAULT_EXCLUDED_URLS},{path}"
+
+
 class _AppState:
     """Per-app state kept in ``app.extensions["otel_runs"]``."""
 
@@ -106,11 +115,13 @@ from ._wiring import ActionNotRouted, wire_actions, wire_pending  # noqa: E402
 
 def _register_builtin_hooks() -> None:
     from . import _wiring, api, cli, web_security
+    from .metrics import _flask as metrics_flask
 
     _register_app_hook(web_security.register)  # RunTracking(app, protect=True)
     _register_app_hook(_wiring.register)  # RunTracking(app, actions=...) wiring
     _register_app_hook(api.register)      # hub, SSE processor, /api/runs, /api/events, /runs
     _register_app_hook(cli.register)      # flask runs ...
+    _register_app_hook(metrics_flask.register)  # OTEL_RUNS_METRICS(_ENDPOINT): metrics, /metrics
 
 
 _register_builtin_hooks()

@@ -9,11 +9,13 @@ refuse with ``BranchLost`` until then. ``UnsafeRepository``: a repository git it
 refuses (dubious ownership).
 ``quarantined(journal_dir)`` lists the records set aside because they can never be
 committed; ``JournalUnavailable`` is what a tracked block raises when its run cannot
-be journaled and ``OTEL_RUNS_ON_JOURNAL_ERROR=raise``.
+be journaled and ``OTEL_RUNS_ON_JOURNAL_ERROR=raise``. ``RunCensus(ledger)`` counts the
+committed runs by type and status from the commits' index lines (the metrics' gauge).
 """
 
 from __future__ import annotations
 
+from ._census import RunCensus
 from ._errors import BranchLost, LedgerError, NotAGitRepository, UnsafeRepository
 from ._journal import JournalUnavailable
 from ._ledger import Ledger, ledger_for
@@ -31,6 +33,7 @@ __all__ = [
     "Problem",
     "Quarantined",
     "RepairResult",
+    "RunCensus",
     "SyncResult",
     "UnsafeRepository",
     "VerifyReport",
