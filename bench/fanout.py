@@ -24,9 +24,12 @@ phase is compared with the none phases around it and the ratio printed is the
 median over rounds (the machine is shared: one pair alone is too noisy).
 Prints tracked requests/s of each phase, the ratio fan/none (goal >= 0.9),
 p50/p99 delivery latency (publish time in the event -> received by a client;
-sampled: one event in ten per client), and the CPU the server's stream threads
-used while posting (per-thread ``schedstat``, Linux): the fan-out's own cost,
-which the machine's noise does not blur as it blurs the throughput ratio.
+sampled: one event in ten per client), the CPU the server's stream threads
+used while posting (per-thread ``schedstat``, Linux; each stream's response names
+its thread, ``X-Worker-Tid``, so gunicorn's reused pool threads count too): the
+fan-out's own cost, which the machine's noise does not blur as it blurs the
+throughput ratio; and how many reads with data the clients made (about the
+server's writes: what the pacing bounds).
 Loops are bounded by count and by ``--seconds``.
 """
 
@@ -53,7 +56,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 SERVER = textwrap.dedent('''
-    import logging, os, sys
+    import logging, os, sys, threading
     from flask import Flask
     import otel_runs
     from otel_runs import api
@@ -77,8 +80,9 @@ SERVER = textwrap.dedent('''
         return {"ok": True, "summary": "deployed web to staging"}
 
     @app.after_request
-    def worker_pid(resp):  # which worker answered: the stream's, the run's
+    def worker_pid(resp):  # which worker (and thread) answered: the stream's, the run's
         resp.headers["X-Worker-Pid"] = str(os.getpid())
+        resp.headers["X-Worker-Tid"] = str(threading.get_native_id())
         return resp
 
     RunTracking(app, ledger=ledger)
@@ -260,6 +264,7 @@ class _Stream:
     def __init__(self, port: int) -> None:
         self.port = port
         self.pid = 0  # the worker serving the stream (its X-Worker-Pid header)
+        self.tid = 0  # and its thread (X-Worker-Tid): whose CPU is the stream's
         self.seen: list[tuple[str, str]] = []
         self.latencies: list[tuple[str, float]] = []  # (run id, seconds), sampled
         self.last_id: str | None = None
@@ -267,6 +272,7 @@ class _Stream:
         self.connected = False
         self.sock: socket.socket | None = None
         self.received = 0  # data lines so far (a cheap count, checked by parse())
+        self.chunks = 0  # reads that got data (about the server's writes: TCP may merge some)
         self._chunks: list[tuple[float, bytes]] = []
         self._tail = b""
         self._buf = b""
@@ -283,13 +289,16 @@ class _Stream:
 
     def feed(self, chunk: bytes, now: float) -> None:
         self._chunks.append((now, chunk))
+        self.chunks += 1
         joined = self._tail + chunk
         self.received += joined.count(b"data: ") - self._tail.count(b"data: ")
         self._tail = chunk[-5:]
         if not self.connected and b": connected" in chunk:
             self.connected = True
-            pid = _PID_RE.search(b"".join(c for _, c in self._chunks))
+            head = b"".join(c for _, c in self._chunks)
+            pid, tid = _PID_RE.search(head), _TID_RE.search(head)
             self.pid = int(pid.group(1)) if pid else 0
+            self.tid = int(tid.group(1)) if tid else 0
 
     def parse(self) -> None:
         """Turn the stored chunks into (type, run_id) events, latencies, last id."""
@@ -316,6 +325,7 @@ class _Stream:
 _EVENT_RE = re.compile(rb"event: (run:started|run:completed)\nid: ([^\n]*)\ndata: ([^\n]*)\n")
 _RUN_ID_RE = re.compile(rb'\{"run_id":"([^"]+)"')
 _PID_RE = re.compile(rb"X-Worker-Pid: (\d+)", re.IGNORECASE)
+_TID_RE = re.compile(rb"X-Worker-Tid: (\d+)", re.IGNORECASE)
 
 
 def clients_main(port: int, clients: int, expected: int, seconds: float, conn: Any) -> None:
@@ -353,7 +363,8 @@ def clients_main(port: int, clients: int, expected: int, seconds: float, conn: A
         conn.send("not ready")
     for st in streams:
         st.parse()
-    conn.send([(st.seen, st.latencies, st.reconnects, st.pid) for st in streams])
+    conn.send([(st.seen, st.latencies, st.reconnects, st.pid, st.chunks, f"{st.pid}/{st.tid}")
+               for st in streams])
     for st in streams:
         if st.sock is not None:
             st.sock.close()
@@ -371,7 +382,6 @@ def fan_phase(server_pids: list[int], port: int, clients: int, runs: int, poster
     Returns (requests/s, client CPU seconds while posting, CPU seconds of the server's
     stream threads while posting (None where /proc has no schedstat), run ids,
     per-client results)."""
-    before = set(_thread_cpu_ns(server_pids))
     parent, child = mp.Pipe()
     proc = mp.get_context("spawn").Process(
         target=clients_main, args=(port, clients, 2 * runs, seconds, child))
@@ -383,14 +393,14 @@ def fan_phase(server_pids: list[int], port: int, clients: int, runs: int, poster
     rate, run_ids = post_runs(port, runs, posters, deadline, origins)
     threads1 = _thread_cpu_ns(server_pids)
     client_cpu = _cpu_seconds(proc.pid) - client_cpu0
-    # The stream threads: started for the clients, alive through the whole posting.
-    streams = [t for t in threads1 if t in threads0 and t not in before]
-    stream_cpu = (sum(threads1[t] - threads0[t] for t in streams) / 1e9
-                  if len(streams) >= clients else None)
     if not parent.poll(seconds + 30):
         raise SystemExit("clients did not finish")
     results = parent.recv()
     proc.join(30)
+    # The stream threads: each stream's response names its thread (X-Worker-Tid).
+    streams = {r[5] for r in results if r[5] in threads0 and r[5] in threads1}
+    stream_cpu = (sum(threads1[t] - threads0[t] for t in streams) / 1e9
+                  if len(streams) >= clients else None)
     return rate, client_cpu, stream_cpu, run_ids, results
 
 
@@ -429,6 +439,7 @@ def main() -> None:
     per_worker: list[dict[int, int]] = []
     origins: dict[str, int] = {}
     reconnects = 0
+    writes: list[int] = []  # reads with data by all clients during a fan phase
     with tempfile.TemporaryDirectory(prefix="otel-runs-fanout-", ignore_cleanup_errors=True) as tmp:
         server = Server(Path(tmp), ledger=not args.no_ledger, linger=args.linger,
                         kind=args.server, workers=args.workers, wakeups=args.wakeups,
@@ -449,14 +460,15 @@ def main() -> None:
                 fans.append(rate)
                 client_cpu.append(ccpu)
                 expected = {(t, r) for r in run_ids for t in ("run:started", "run:completed")}
-                exact.append(sum(1 for seen, _, _, _ in results
+                exact.append(sum(1 for seen, *_ in results
                                  if len(seen) == len(expected) and set(seen) == expected))
-                latencies += [lat for _, lats, _, _ in results for _, lat in lats]
-                other += [lat for _, lats, _, pid in results for run_id, lat in lats
+                latencies += [lat for _, lats, *_ in results for _, lat in lats]
+                other += [lat for _, lats, _, pid, *_ in results for run_id, lat in lats
                           if origins.get(run_id, pid) != pid]
-                reconnects += sum(r for _, _, r, _ in results)
+                reconnects += sum(r for _, _, r, *_ in results)
+                writes.append(sum(r[4] for r in results))
                 counts: dict[int, int] = {}
-                for *_, pid in results:
+                for _, _, _, pid, *_ in results:
                     counts[pid] = counts.get(pid, 0) + 1
                 per_worker.append(counts)
             cpu0 = server.cpu_seconds()
@@ -495,6 +507,10 @@ def main() -> None:
         per_run = statistics.median(stream_cpu) / args.runs
         print(f"CPU of the server's {args.clients} stream threads: {per_run * 1000:.2f} ms per run "
               f"({per_run / (2 * args.clients) * 1e6:.1f} us per delivered event; median of rounds)")
+    if writes:
+        per_run_writes = statistics.median(writes) / args.runs
+        print(f"writes received per run: {per_run_writes:.1f} (all clients, median of rounds; "
+              f"{per_run_writes / args.clients:.2f} per client)")
     print("ratio per round: " + ", ".join(f"{r:.2f}" for r in ratios))
     print(f"RATIO with-streams/none = {statistics.median(ratios):.2f} (median of rounds; goal >= 0.9)")
     if min(exact) < args.clients:
