@@ -23,6 +23,8 @@ _EXPORTS: dict[str, str] = {
     "validate_run_id": "_ids",
     "STATUSES": "_model",
     "Run": "_model",
+    "CommandResult": "_run_command",
+    "run_command": "_run_command",
     "configure": "_setup",
     "flush": "_setup",
     "shutdown": "_setup",
@@ -42,6 +44,7 @@ __all__ = [
     "RUN_ID_HEADER",
     "RUN_TYPES",
     "STATUSES",
+    "CommandResult",
     "InvalidRunId",
     "Run",
     "RunHandle",
@@ -54,6 +57,7 @@ __all__ = [
     "flush",
     "new_run_id",
     "register_run_type",
+    "run_command",
     "run_tracked",
     "shutdown",
     "tracked_run",
@@ -65,6 +69,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from ._decorator import RUN_ID_HEADER, run_tracked
     from ._ids import InvalidRunId, new_run_id, validate_run_id
     from ._model import STATUSES, Run
+    from ._run_command import CommandResult, run_command
     from ._setup import configure, flush, shutdown
     from ._taxonomy import RUN_TYPES, RunTypeError, register_run_type
     from ._tracking import RunHandle, current_run, tracked_run

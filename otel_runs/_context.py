@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextvars
+from typing import Any
+
 from opentelemetry import baggage, context, trace
 from opentelemetry.context import Context
 
@@ -12,6 +15,10 @@ LOCAL_RUN_KEY = context.create_key("otel_runs.current_run_id")
 #: Set only in the context a run span is started with: the open run its opener
 #: already knows, so run processors need not rebuild it from the span.
 STARTING_RUN_KEY = context.create_key("otel_runs.starting_run")
+#: The innermost open run's ``RunHandle`` (``otel_runs.current_run()``; read by the
+#: logging capture too, which must not import the tracking code).
+CURRENT_RUN: contextvars.ContextVar[Any] = contextvars.ContextVar("otel_runs_current_run",
+                                                                  default=None)
 
 
 def _only_key(ctx: Context) -> str | None:

@@ -10,6 +10,7 @@ reading span attributes, and find the project a span belongs to
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -20,7 +21,7 @@ from ._context import STARTING_RUN_KEY
 from ._model import RUN_FIELDS, Run, iso_from_ns, parse_metadata, span_events
 
 __all__ = ["CHILD_OF", "MAX_CHILD_SPANS", "RUN_OF", "OpenRun", "child_run_id", "child_spans",
-           "note_dropped_span", "open_run_of", "open_runs_by_span", "run_closed", "run_opening",
+           "note_dropped_span", "open_run_of", "open_runs", "open_runs_by_span", "run_closed", "run_opening",
            "run_json", "run_project_root", "starting_run"]
 
 
@@ -33,9 +34,9 @@ class OpenRun:
     The Runs are built on first use, once, and shared by every processor (so a
     process whose processors take spans, as the ledger's does, builds none)."""
 
-    __slots__ = ("run_id", "root", "span_id", "journal_error", "spans_dropped", "_fields",
-                 "_trace_id", "_resource", "_start", "_final", "_end", "_start_json",
-                 "_end_json")
+    __slots__ = ("run_id", "root", "span_id", "journal_error", "spans_dropped", "output", "_fields",
+                 "_trace_id", "_trace_flags", "_resource", "_start", "_final", "_end",
+                 "_start_json", "_end_json")
 
     def __init__(self, root: str | None, run_id: str, run_type: str, subtype: str, summary: str,
                  start_ns: int, metadata_json: str, parent_run_id: str | None) -> None:
@@ -48,8 +49,11 @@ class OpenRun:
         #: Child spans of the run a processor did not keep (the ledger's limits):
         #: ``RunScope`` says how many in an event before the run ends.
         self.spans_dropped = 0
+        #: The run's output (``otel_runs._output.RunOutput``) once it wrote any.
+        self.output: Any = None
         self._fields = (run_type, subtype, summary, start_ns, metadata_json, parent_run_id)
         self._trace_id = 0
+        self._trace_flags = 0
         self._resource: Resource | None = None
         self._start: Run | None = None
         self._final: tuple[str, str, str | None, int] | None = None
@@ -57,12 +61,40 @@ class OpenRun:
         self._start_json: str | None = None
         self._end_json: str | None = None
 
+    @property
+    def trace_id(self) -> int:
+        """The run span's trace id (0 until its span started)."""
+        return self._trace_id
+
+    @property
+    def trace_flags(self) -> int:
+        """The run span's trace flags (1: sampled, exported; 0 until its span started)."""
+        return self._trace_flags
+
+    @property
+    def kind(self) -> tuple[str, str]:
+        """``(type, subtype)`` of the run."""
+        return self._fields[0], self._fields[1]
+
+    @property
+    def start_ns(self) -> int:
+        """When the run started (ns since the epoch)."""
+        return self._fields[3]  # type: ignore[return-value]
+
+    @property
+    def outcome(self) -> tuple[str, int] | None:
+        """``(status, end time in ns)`` once ``RunScope`` is ending the run; None before
+        (and for a span ended some other way)."""
+        final = self._final
+        return None if final is None else (final[0], final[3])
+
     def bind(self, span: Span) -> None:
         """The run span started: note its ids."""
         ctx = span.get_span_context()
         span_id = ctx.span_id
         self.span_id = span_id
         self._trace_id, self._resource = ctx.trace_id, span.resource
+        self._trace_flags = int(ctx.trace_flags)
         _by_span_id[span_id] = self
         self._start = self._start_json = None  # (re)built with the ids on first use
 
@@ -232,6 +264,11 @@ def _service_name(resource: Resource | None) -> str:
     if len(_services) < 64:
         _services[id(resource)] = (resource, name)
     return name
+
+
+def open_runs() -> list[OpenRun]:
+    """A snapshot of the runs open in this process (safe from any thread)."""
+    return list(_by_run_id.values())
 
 
 def open_runs_by_span() -> dict[int, OpenRun]:

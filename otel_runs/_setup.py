@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Iterable
@@ -17,6 +18,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.sampling import Sampler
 
 from . import _settings
+from ._output_logging import install_log_capture
 from ._sampling import RunAwareSampler
 from .exporters._run_processor import (
     RunProcessor,
@@ -99,6 +101,7 @@ def configure(
         _wire_root(resolved)
         for proc in processors:
             _add_processor(proc)
+        install_log_capture()
         return provider
 
 
@@ -204,12 +207,29 @@ def _ensure_provider(service_name: str | None, sampler: Sampler | None,
         trace.set_tracer_provider(provider)
     if owns or otlp_endpoint:
         _add_otlp(provider, otlp_endpoint)
+    else:
+        _start_output_logs(provider, None)
     return provider
+
+
+def _start_output_logs(provider: TracerProvider, endpoint: str | None) -> None:
+    """Run output as OTel logs (``exporters.otlp_logs``), with the provider's resource."""
+    if not (endpoint or "opentelemetry.sdk._logs" in sys.modules
+            or _settings.env_str("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")
+            or _settings.env_str("OTEL_EXPORTER_OTLP_ENDPOINT")):
+        return  # nothing could take the output (and the logs SDK stays unimported)
+    try:
+        from .exporters import otlp_logs
+    except ImportError as exc:  # an OpenTelemetry SDK older than the logs API used
+        logger.info("otel-runs: run output is not exported as OTel logs (%s)", exc)
+        return
+    otlp_logs.start(endpoint, provider.resource)
 
 
 def _add_otlp(provider: TracerProvider, endpoint: str | None) -> None:
     from .exporters.otlp import OTLPSpanProcessor, otlp_processor
 
+    _start_output_logs(provider, endpoint)
     existing = [p for p in _state.processors if isinstance(p, OTLPSpanProcessor)]
     if existing:
         if endpoint:
@@ -281,7 +301,9 @@ def ledger_processor(project_root: str | os.PathLike[str]) -> SpanProcessor | No
 
 def flush(timeout_millis: int = 30_000) -> bool:
     """Push everything pending to every run processor and exporter. Idempotent."""
-    return flush_all(_our_processors(), timeout_millis)
+    done = flush_all(_our_processors(), timeout_millis)
+    logs = sys.modules.get("otel_runs.exporters.otlp_logs")  # only once it was started
+    return (logs is None or logs.flush(timeout_millis)) and done
 
 
 def _our_processors() -> list[SpanProcessor]:
@@ -296,6 +318,9 @@ def shutdown() -> None:
             return
         flush()
         shutdown_all(_our_processors())
+        logs = sys.modules.get("otel_runs.exporters.otlp_logs")
+        if logs is not None:
+            logs.shutdown()
         _reset_locked()
         _state.shut_down = True
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import io
 import json
 import os
 import time
@@ -18,9 +19,10 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from . import _attributes as A
-from ._context import STARTING_RUN_KEY, parent_run_id, run_context
+from ._context import CURRENT_RUN, STARTING_RUN_KEY, parent_run_id, run_context
 from ._ids import now_run_id
 from ._open_runs import OpenRun, run_closed, run_opening
+from ._output import RunOutput
 from ._setup import project_root_for_run, run_tracer
 from ._taxonomy import validate_run_type
 from .redaction import (
@@ -44,9 +46,7 @@ _SETTABLE_STATUSES = ("ok", "failed", "cancelled")
 #: Events ``add_event`` keeps: three places of :data:`MAX_EVENTS` stay free for the
 #: dropped-events and dropped-spans markers and the exception.
 _EVENTS_KEPT = MAX_EVENTS - 3
-_current: contextvars.ContextVar[RunHandle | None] = contextvars.ContextVar(
-    "otel_runs_current_run", default=None
-)
+_current: contextvars.ContextVar[RunHandle | None] = CURRENT_RUN
 #: What activating a run returns: the OTel context token and the current-run token.
 _Tokens = tuple[object, "contextvars.Token[RunHandle | None]"]
 
@@ -73,6 +73,8 @@ class RunHandle:
         self._events = 0  # added and kept
         self._events_dropped = 0
         self._event_bytes = 0
+        self._entry: OpenRun | None = None  # set by RunScope
+        self._output_file: _OutputFile | None = None
 
     @property
     def run_id(self) -> str:
@@ -115,8 +117,56 @@ class RunHandle:
         self._events += 1
         self.span.add_event(text, {k: _attr_value(v) for k, v in cleaned.items()})
 
+    def log(self, text: str, stream: str = "out") -> None:
+        """Append ``text`` (one line, or several separated by newlines) to the run's
+        output; ``stream`` is ``out`` or ``err``."""
+        if stream not in ("out", "err"):
+            raise ValueError(f"stream must be 'out' or 'err', got {stream!r}")
+        out = self.output_buffer()
+        if out is not None:
+            out.write(stream, str(text))
+
+    @property
+    def output(self) -> _OutputFile:
+        """A text file for the run's output: ``print(..., file=run.output)``."""
+        if self._output_file is None:
+            self._output_file = _OutputFile(self, "out")
+        return self._output_file
+
+    def output_buffer(self) -> RunOutput | None:
+        """The run's :class:`~otel_runs._output.RunOutput` (made on first use; None once
+        the run ended)."""
+        entry = self._entry
+        if entry is None:
+            return None
+        out = entry.output
+        if out is None:
+            if entry.outcome is not None:  # (ended)
+                return None
+            out = entry.output = RunOutput(entry, entry.start_ns)
+        return None if out.closed else out
+
     def __repr__(self) -> str:
         return f"<RunHandle {self._run_id} {self.subtype} status={self._status!r}>"
+
+
+class _OutputFile(io.TextIOBase):
+    """``run.output``: what is written goes to the run's output, line by line."""
+
+    def __init__(self, handle: RunHandle, stream: str) -> None:
+        super().__init__()
+        self._handle, self._stream = handle, stream
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        out = self._handle.output_buffer()
+        if out is not None and text:
+            out.write(self._stream, text, partial=True)
+        return len(text)
 
 
 def _attr_value(value: Any) -> Any:
@@ -158,7 +208,8 @@ class RunScope:
             summary = clean_summary(summary)
         # Only what is known and non-empty: every span attribute costs (status
         # "running" is implied until the run ends).
-        attributes: dict[str, Any] = {A.RUN_ID: run_id, A.RUN_TYPE: run_type, A.RUN_SUBTYPE: subtype}
+        attributes: dict[str, Any] = {A.RUN_ID: run_id, A.RUN_TYPE: run_type, A.RUN_SUBTYPE: subtype,
+                                      A.CICD_PIPELINE_NAME: subtype, A.CICD_PIPELINE_RUN_ID: run_id}
         if summary:
             attributes[A.RUN_SUMMARY] = summary
         if meta:
@@ -184,6 +235,7 @@ class RunScope:
         self._entry = entry
         self.run_id = run_id
         self.handle = RunHandle(run_id, run_type, subtype, summary, meta, span)
+        self.handle._entry = entry
         self.context = run_context(run_id, span, parent_ctx)
         self.finished = False
         if entry.journal_error is not None:  # OTEL_RUNS_ON_JOURNAL_ERROR=raise: refuse it
@@ -237,7 +289,10 @@ class RunScope:
         if exc_attributes is not None:
             span.record_exception(exc, attributes=exc_attributes)
             used += sum(len(v) for v in exc_attributes.values())
-        final: dict[str, Any] = {A.RUN_STATUS: status}
+        final: dict[str, Any] = {A.RUN_STATUS: status,
+                                 A.CICD_PIPELINE_RESULT: A.RESULT_OF_STATUS[status]}
+        if status == "failed":
+            final[A.ERROR_TYPE] = A.error_type(exc)
         if summary:
             final[A.RUN_SUMMARY] = summary
         meta = metadata_json(h.metadata, MAX_RUN_BYTES - used - len(summary)) \
@@ -252,6 +307,8 @@ class RunScope:
         # instrumentation (``run.status`` says ``ok`` or ``cancelled``).
         h._status = status
         h._summary = summary
+        if self._entry.output is not None:  # its last lines reach the sinks before the end
+            self._entry.output.close()
         end_ns = time.time_ns()
         self._entry.ending(status, summary, changed_meta, end_ns)
         try:

@@ -3,11 +3,12 @@
 - ``GET /api/events``: ``text/event-stream`` of the app's hub (``run:started``,
   ``run:completed``, anything the host app publishes); resumes after
   ``Last-Event-ID`` (header, or ``?last_event_id=`` for a manual reconnect).
-- ``GET /api/runs/recent?limit=50&type=&status=``: newest first, ``limit`` <= 500, at most
-  4 MiB of runs (then ``"truncated": true``).
+- ``GET /api/runs/recent?limit=50&type=&status=&before=``: newest first, ``limit`` <= 500,
+  at most 4 MiB of runs (then ``"truncated": true``); ``before=<run_id>`` pages to older runs.
 - ``GET /api/runs/<run_id>``: the run with its events and child spans.
 - ``GET /api/runs/search?q=&limit=10``: ``@run:`` autocomplete items.
-- ``GET /runs``: the live runs page (its script and style: ``/runs/assets/<name>``).
+- ``GET /runs``: the live runs page (its script and style: ``/runs/assets/<name>``);
+  ``GET /runs/<run_id>``: the page of one run; ``GET /favicon.ico`` (:mod:`otel_runs._page`).
 
 Runs are read through the ledger API only. Every error is JSON, also for unknown
 ``/api/...`` paths. The optional ``authorize(request) -> bool`` of ``RunTracking``
@@ -23,9 +24,9 @@ App config (``app.config``, defaults set at registration):
 ``OTEL_RUNS_SSE_SLOW_AFTER`` (...once its stream has not come back for 2.0 s),
 ``OTEL_RUNS_SSE_RETRY_MS`` (2000, the browser's reconnect delay),
 ``OTEL_RUNS_SSE_LINGER`` (0.05 s: the least time a stream waits after a write, so
-the events of a burst are sent together), ``OTEL_RUNS_SSE_WAKEUPS`` (100: how often
-per second all streams together may wake up to write; with many streams each waits
-``streams / wakeups`` s, at most 1 s — less CPU per event, more latency),
+the events of a burst are sent together), ``OTEL_RUNS_SSE_WAKEUPS`` (500: how often
+per second all streams of the host together may write; with many streams each waits
+``streams / wakeups`` s, at most 1 s — lower it for less CPU, raise it for less latency),
 ``OTEL_RUNS_SSE_MAX_STREAMS`` (None: from the server, see :mod:`otel_runs._streams`),
 ``OTEL_RUNS_SSE_RETRY_AFTER`` (5 s, sent with the 503), ``OTEL_RUNS_SSE_SEND_TIMEOUT``
 (2.0 s a write may block before the stream ends).
@@ -39,10 +40,22 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import _settings, web_security
+from . import _page, web_security
+from . import api_output as _api_output  # noqa: F401 - registers the output routes
+from ._api_base import (
+    ApiError,
+    blueprint,
+    choice_arg,
+    error_response,
+    int_arg,
+    known_run,
+    project_ledger,
+    trace_url_template,
+    with_trace_url,
+)
 from ._ids import InvalidRunId, validate_run_id
 from ._model import STATUSES, Run
 from ._taxonomy import RUN_TYPES
@@ -63,133 +76,31 @@ MAX_SEARCH_LIMIT = 50
 _MAX_QUERY = 200
 _STATIC = Path(__file__).with_name("static")
 #: The page's own files, served by ``/runs/assets/<name>``.
-_ASSETS = {"runs.js": "text/javascript", "runs.css": "text/css"}
+_ASSETS = _page.ASSETS
 
-blueprint = Blueprint("otel_runs", __name__)
-
-
-class ApiError(Exception):
-    """An error answered as ``{"error": message}`` with ``status``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def trace_url_template() -> str | None:
-    """``OTEL_RUNS_TRACE_URL``, e.g. ``http://localhost:16686/trace/{trace_id}``."""
-    return _settings.env_str(_settings.OTEL_RUNS_TRACE_URL)
-
-
-def _error(status: int, message: str) -> Response:
-    resp = jsonify({"error": message, "status": status})
-    resp.status_code = status
-    resp.headers["Cache-Control"] = "no-store"
-    return _secured(resp)
-
-
-def _secured(resp: Response) -> Response:
-    ancestors = web_security.frame_ancestors(current_app)
-    return web_security.set_security_headers(
-        resp, web_security.content_security_policy(ancestors), ancestors)
-
-
-@blueprint.errorhandler(ApiError)
-def _api_error(exc: ApiError) -> Response:
-    return _error(exc.status, exc.message)
-
-
-@blueprint.errorhandler(HTTPException)
-def _http_error(exc: HTTPException) -> Response:
-    return _error(exc.code or 500, exc.description or exc.name)
-
-
-@blueprint.errorhandler(Exception)
-def _unexpected(exc: Exception) -> Response:
-    logger.exception("otel-runs API error on %s", request.path)
-    return _error(500, f"internal error: {type(exc).__name__}")
-
-
-@blueprint.before_request
-def _authorize() -> Response | None:
-    """``authorize(request)`` when given; else ``OTEL_RUNS_API_PUBLIC``, else loopback only."""
-    state = current_app.extensions["otel_runs"]
-    check = getattr(state.ext, "authorize", None)
-    if check is not None:
-        return None if check(request) else _error(403, "forbidden")
-    if web_security.api_public(current_app):
-        return None
-    problem = web_security.private_problem(request)
-    return _error(*problem) if problem else None
-
-
-@blueprint.after_request
-def _no_store(resp: Response) -> Response:
-    resp.headers.setdefault("Cache-Control", "no-store")
-    return _secured(resp)
-
-
-# -- ledger access --------------------------------------------------------------
-
-def _ledger() -> Any:
-    state = current_app.extensions["otel_runs"]
-    try:
-        from .ledger import ledger_for
-    except ImportError as exc:
-        raise ApiError(503, f"the run ledger is not available: {exc}") from exc
-    from .ledger._errors import LedgerError, NotAGitRepository
-
-    try:
-        return ledger_for(state.project_root)
-    except NotAGitRepository as exc:
-        raise ApiError(503, str(exc)) from exc
-    except LedgerError as exc:
-        raise ApiError(503, f"the run ledger cannot be opened: {exc}") from exc
-
-
-def _int_arg(name: str, default: int, maximum: int) -> int:
-    """ASCII digits only (``int()`` would take "\uff15", "1_0", "+5", " 5")."""
-    raw = request.args.get(name, "")
-    if raw == "":
-        return default
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
-        raise ApiError(400, f"{name} must be an integer from 1 to {maximum}, got {raw[:40]!r}")
-    value = int(raw)
-    if not 1 <= value <= maximum:
-        raise ApiError(400, f"{name} must be from 1 to {maximum}, got {value}")
-    return value
-
-
-def _choice_arg(name: str, choices: Any) -> str | None:
-    value = request.args.get(name, "").strip()
-    if not value:
-        return None
-    if value not in choices:
-        raise ApiError(400, f"unknown {name} {value[:40]!r}; valid: {', '.join(sorted(choices))}")
-    return value
-
-
-def _with_trace_url(run: Run) -> dict[str, Any]:
-    data = run.to_dict()
-    template = trace_url_template()
-    data["trace_url"] = template.replace("{trace_id}", run.trace_id) if template and run.trace_id else None
-    return data
-
+_page.add_routes(blueprint)  # /runs/<run_id>, /favicon.ico
 
 # -- REST -------------------------------------------------------------------------
 
 @blueprint.get("/api/runs/recent")
 def recent_runs() -> Response:
-    """``{"runs": [Run...], "limit": n}``, newest first; filters ``type``, ``status``."""
-    limit = _int_arg("limit", 50, MAX_RECENT_LIMIT)
-    run_type = _choice_arg("type", RUN_TYPES)
-    status = _choice_arg("status", STATUSES)
-    runs = _ledger().recent(limit=limit, type=run_type, status=status)
+    """``{"runs": [Run...], "limit": n}``, newest first; filters ``type``, ``status``;
+    ``before=<run_id>``: the page of runs older than that one (a cursor)."""
+    limit = int_arg("limit", 50, MAX_RECENT_LIMIT)
+    run_type = choice_arg("type", RUN_TYPES)
+    status = choice_arg("status", STATUSES)
+    before = request.args.get("before", "").strip() or None
+    if before is not None:
+        try:
+            validate_run_id(before)
+        except InvalidRunId as exc:
+            raise ApiError(400, f"before: {exc}") from None
+    paging = {"before": before} if before is not None else {}
+    runs = project_ledger().recent(limit=limit, type=run_type, status=status, **paging)
     out: list[dict[str, Any]] = []
     size = 0
     for run in runs:  # the body is bounded in bytes too: a page of big runs stops early
-        data = _with_trace_url(run)
+        data = with_trace_url(run)
         size += len(json.dumps(data, separators=(",", ":"), default=str))
         if out and size > MAX_RECENT_BYTES:
             break
@@ -203,8 +114,8 @@ def search_runs() -> Response:
     query = request.args.get("q", "").strip()
     if len(query) > _MAX_QUERY:
         raise ApiError(400, f"q is longer than {_MAX_QUERY} characters")
-    limit = _int_arg("limit", 10, MAX_SEARCH_LIMIT)
-    ledger = _ledger()
+    limit = int_arg("limit", 10, MAX_SEARCH_LIMIT)
+    ledger = project_ledger()
     runs = ledger.search(query, limit=limit) if query else ledger.recent(limit=limit)
     return jsonify({"items": [_search_item(r) for r in runs], "q": query})
 
@@ -225,15 +136,8 @@ def _unknown_api(run_id: str, more: str) -> Response:
 @blueprint.get("/api/runs/<run_id>")
 def get_run(run_id: str) -> Response:
     """``{"run": Run, "spans": [child span...]}``; 400 malformed id, 404 unknown."""
-    try:
-        validate_run_id(run_id)
-    except InvalidRunId as exc:
-        raise ApiError(400, str(exc)) from None
-    ledger = _ledger()
-    run = ledger.get(run_id)
-    if run is None:
-        raise ApiError(404, f"no run {run_id!r} in this project's ledger")
-    return jsonify({"run": _with_trace_url(run), "spans": ledger.spans(run_id)})
+    ledger, run = known_run(run_id)
+    return jsonify({"run": with_trace_url(run), "spans": ledger.spans(run_id)})
 
 
 # -- the event stream -------------------------------------------------------------
@@ -250,7 +154,7 @@ def events() -> Response:
     gate: _streams.StreamGate = current_app.extensions["otel_runs"].extra["stream_gate"]
     release = gate.acquire(int(limit))
     if release is None:
-        resp = _error(503, f"too many open streams ({int(limit)}, OTEL_RUNS_SSE_MAX_STREAMS); "
+        resp = error_response(503, f"too many open streams ({int(limit)}, OTEL_RUNS_SSE_MAX_STREAMS); "
                            "retry later")
         resp.headers["Retry-After"] = str(int(cfg["OTEL_RUNS_SSE_RETRY_AFTER"]))
         return resp
@@ -406,7 +310,7 @@ def _json_routing_errors(app: Flask, code: int) -> None:
     def handle(exc: HTTPException) -> Any:
         path = request.path
         if _is_own_path(path) or (previous is None and _is_api_path(path)):
-            return _error(exc.code or code, exc.description or exc.name)
+            return error_response(exc.code or code, exc.description or exc.name)
         return previous(exc) if previous is not None else exc
 
     app.register_error_handler(code, handle)

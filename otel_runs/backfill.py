@@ -3,8 +3,10 @@
 A freshly started Jaeger or Tempo then shows the history. Each run becomes its run
 span (trace id, span id, start/end, ``run.*`` attributes, events, status) and each
 child span stored with it is sent as it was recorded (trace id, span id, parent span
-id, kind, timestamps to the nanosecond, attributes, events, status). Re-running sends
-the very same spans again: backends key spans by (trace id, span id).
+id, kind, timestamps to the nanosecond, attributes, events, status). Each run's output
+lines become OTLP log records in the run span's trace, as they are exported live
+(``exporters.otlp_logs``; not with ``OTEL_LOGS_EXPORTER=none``). Re-running sends the
+very same spans again: backends key spans by (trace id, span id).
 """
 
 from __future__ import annotations
@@ -114,6 +116,12 @@ def run_span(run: Run, resource: Resource) -> ReadableSpan:
         attrs[A.RUN_METADATA] = metadata_json(run.metadata)
     if run.parent_run_id:
         attrs[A.RUN_PARENT_ID] = run.parent_run_id
+    # The CICD conventions, as on the live run span.
+    attrs[A.CICD_PIPELINE_NAME], attrs[A.CICD_PIPELINE_RUN_ID] = run.subtype, run.run_id
+    if run.status in A.RESULT_OF_STATUS:
+        attrs[A.CICD_PIPELINE_RESULT] = A.RESULT_OF_STATUS[run.status]
+    if run.status == "failed":
+        attrs[A.ERROR_TYPE] = _recorded_error_type(run)
     # As the live run span: ERROR when failed, else UNSET (run.status says the rest).
     code = StatusCode.ERROR if run.status == "failed" else StatusCode.UNSET
     return ReadableSpan(
@@ -130,6 +138,17 @@ def run_span(run: Run, resource: Resource) -> ReadableSpan:
         end_time=_ns_from_iso(run.ended_at),
         instrumentation_scope=_RUN_SCOPE,
     )
+
+
+def _recorded_error_type(run: Run) -> str:
+    """``error.type`` of a failed ledger run: its exception event's ``exception.type``."""
+    for event in reversed(run.events):
+        attrs = event.get("attributes")
+        if event.get("name") == "exception" and isinstance(attrs, dict):
+            value = attrs.get("exception.type")
+            if isinstance(value, str) and value:
+                return value
+    return A.ERROR_OTHER
 
 
 def child_span(data: dict[str, Any], resource: Resource) -> ReadableSpan:
@@ -224,6 +243,51 @@ def _batches(spans: Iterable[tuple[int, ReadableSpan]], size: int
         yield runs_done, chunk
 
 
+def _export_output(led: Any, runs: list[Run], resources: _Resources, endpoint: str | None) -> int:
+    """Send the runs' output lines (``Ledger.output``) as log records; how many were sent.
+    Raises :class:`BackfillError` when the endpoint rejects them."""
+    try:
+        from opentelemetry.sdk._logs.export import LogRecordExportResult
+
+        from .exporters.otlp_logs import logs_requested, otlp_log_exporter, readable_records
+    except ImportError:  # an OpenTelemetry SDK older than the logs API used: spans only
+        return 0
+    from .redaction import scrub_text
+
+    read = getattr(led, "output", None)
+    if read is None or not logs_requested(endpoint):
+        return 0
+
+    exporter = otlp_log_exporter(endpoint)
+    where = str(getattr(exporter, "_endpoint", "") or type(exporter).__name__)
+    sent = 0
+    try:
+        for run in runs:
+            lines = [{**line, "text": scrub_text(str(line.get("text", "")))}
+                     for line in read(run.run_id) or ()]
+            records = readable_records(lines, run_id=run.run_id,
+                                       start_ns=_ns_from_iso(run.started_at),
+                                       trace_id=int(run.trace_id, 16),
+                                       span_id=int(run.span_id, 16),
+                                       resource=resources.get(run.service))
+            for start in range(0, len(records), BATCH_SPANS):
+                batch = records[start:start + BATCH_SPANS]
+                with capture_export_logs() as captured:
+                    try:
+                        result = exporter.export(batch)
+                    except Exception as exc:
+                        captured.append(f"{type(exc).__name__}: {exc}")
+                        result = LogRecordExportResult.FAILURE
+                if result is not LogRecordExportResult.SUCCESS:
+                    raise BackfillError(f"OTLP log export to {where} failed after {sent} "
+                                        f"output lines: {_reason(list(dict.fromkeys(captured)))}")
+                sent += len(batch)
+    finally:
+        with capture_export_logs():
+            exporter.shutdown()
+    return sent
+
+
 def export_runs_to_otlp(
     ledger: Any,
     *,
@@ -231,14 +295,16 @@ def export_runs_to_otlp(
     since: datetime | None = None,
     run_type: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    output: bool = True,
 ) -> int:
     """Send the ledger's finished runs (started at or after ``since``, of ``run_type``)
     and their stored child spans to the OTLP endpoint (``endpoint``, a base URL, else
     the ``OTEL_EXPORTER_OTLP_*`` variables), with their original ids and timestamps.
 
     ``ledger`` is a :class:`~otel_runs.ledger.Ledger` or a project root. ``progress(done,
-    total)`` is called with run counts. Returns how many runs were sent; runs still
-    ``running`` are skipped. Idempotent: a re-run sends the same spans again. Raises
+    total)`` is called with run counts. With ``output``, each run's output lines follow
+    as log records. Returns how many runs were sent; runs still ``running`` are
+    skipped. Idempotent: a re-run sends the same spans again. Raises
     :class:`NoEndpointConfiguredError` before reading anything when no endpoint is set, and
     :class:`BackfillError` (one-line message) when the endpoint rejects or cannot be reached.
     """
@@ -288,6 +354,8 @@ def export_runs_to_otlp(
     finally:
         with capture_export_logs():
             exporter.shutdown()
+    if output:
+        _export_output(led, runs, resources, endpoint)
     if progress is not None and done != total:
         progress(total, total)
     return total

@@ -40,6 +40,7 @@ from ._cli_common import (
     project_root,
 )
 from ._cli_live import make_serve_app, serve_command, tail_command
+from ._cli_logs import logs_command
 from ._ids import validate_run_id
 from ._model import STATUSES
 
@@ -71,6 +72,7 @@ def runs_group(ctx: click.Context) -> None:
 
 
 runs_group.add_command(tail_command)
+runs_group.add_command(logs_command)
 runs_group.add_command(serve_command)
 
 

@@ -1,8 +1,9 @@
 """Real OTLP receivers for tests, built from the official ``opentelemetry-proto`` messages.
 
-``OTLPHttpReceiver`` (OTLP/HTTP protobuf, ``POST /v1/traces``) and ``OTLPGrpcReceiver``
-(the ``TraceService`` gRPC service) listen on 127.0.0.1, decode every
-``ExportTraceServiceRequest`` and keep the spans as plain dicts. ``HungServer``
+``OTLPHttpReceiver`` (OTLP/HTTP protobuf, ``POST /v1/traces`` and ``/v1/logs``) and
+``OTLPGrpcReceiver`` (the ``TraceService`` and ``LogsService`` gRPC services) listen on
+127.0.0.1, decode every ``ExportTraceServiceRequest`` / ``ExportLogsServiceRequest`` and
+keep the spans (``.spans``) and log records (``.logs``) as plain dicts. ``HungServer``
 accepts connections and never answers; ``refused_endpoint()`` has nothing listening.
 """
 
@@ -18,6 +19,7 @@ from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
@@ -70,10 +72,35 @@ def decode_request(request: trace_service_pb2.ExportTraceServiceRequest,
     return spans
 
 
+def decode_logs(request: logs_service_pb2.ExportLogsServiceRequest) -> list[dict[str, Any]]:
+    """Every log record in an export request, flattened, with its resource and scope."""
+    records: list[dict[str, Any]] = []
+    for rl in request.resource_logs:
+        resource = {kv.key: any_value(kv.value) for kv in rl.resource.attributes}
+        for sl in rl.scope_logs:
+            for rec in sl.log_records:
+                records.append({
+                    "body": any_value(rec.body),
+                    "severity_number": rec.severity_number,
+                    "severity_text": rec.severity_text,
+                    "time_ns": rec.time_unix_nano,
+                    "trace_id": rec.trace_id.hex(),
+                    "span_id": rec.span_id.hex(),
+                    "flags": rec.flags,
+                    "attributes": {kv.key: any_value(kv.value) for kv in rec.attributes},
+                    "resource": resource,
+                    "scope": sl.scope.name,
+                })
+    return records
+
+
 class _Store:
     def __init__(self, hold: bool = False) -> None:
         self.cond = threading.Condition()
         self.spans: list[dict[str, Any]] = []
+        #: Decoded log records (``/v1/logs``, the ``LogsService``).
+        self.logs: list[dict[str, Any]] = []
+        self.log_requests = 0
         self.requests = 0
         #: Export requests that arrived and are being held unanswered (``hold=True``).
         self.held = 0
@@ -105,6 +132,28 @@ class _Store:
     def snapshot(self) -> list[dict[str, Any]]:
         with self.cond:
             return list(self.spans)
+
+    def add_logs(self, records: list[dict[str, Any]]) -> None:
+        with self.cond:
+            self.log_requests += 1
+            self.logs.extend(records)
+            self.cond.notify_all()
+
+    def wait_for_logs(self, predicate: Callable[[list[dict[str, Any]]], Any],
+                      timeout: float = 15.0) -> Any:
+        """Wait (bounded) until ``predicate(log records)`` is truthy; return it or raise."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                value = predicate(list(self.logs))
+                if value:
+                    return value
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    bodies = [r["body"] for r in self.logs]
+                    raise AssertionError(f"OTLP receiver: condition not met within {timeout}s; "
+                                         f"got {len(bodies)} log records: {bodies[:30]}")
+                self.cond.wait(min(left, 0.2))
 
     def wait_for(self, predicate: Callable[[list[dict[str, Any]]], Any], timeout: float = 15.0) -> Any:
         """Wait (bounded) until ``predicate(spans)`` is truthy; return it or raise."""
@@ -140,13 +189,22 @@ class OTLPHttpReceiver(_Store):
                     body = gzip.decompress(body)
                 elif encoding == "deflate":
                     body = zlib.decompress(body)
-                if self.path.rstrip("/") != "/v1/traces":
+                path = self.path.rstrip("/")
+                if path == "/v1/logs":
+                    logs_request = logs_service_pb2.ExportLogsServiceRequest()
+                    logs_request.ParseFromString(body)
+                    store.add_logs(decode_logs(logs_request))
+                    self._reply(logs_service_pb2.ExportLogsServiceResponse().SerializeToString())
+                    return
+                if path != "/v1/traces":
                     self.send_error(404)
                     return
                 request = trace_service_pb2.ExportTraceServiceRequest()
                 request.ParseFromString(body)
                 store.add(decode_request(request, {k.lower(): v for k, v in self.headers.items()}))
-                reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                self._reply(trace_service_pb2.ExportTraceServiceResponse().SerializeToString())
+
+            def _reply(self, reply: bytes) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", str(len(reply)))
@@ -187,7 +245,14 @@ class OTLPGrpcReceiver(_Store):
                 return trace_service_pb2.ExportTraceServiceResponse()
 
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        class LogsServicer(logs_service_pb2_grpc.LogsServiceServicer):
+            def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - proto naming
+                store._hold()
+                store.add_logs(decode_logs(request))
+                return logs_service_pb2.ExportLogsServiceResponse()
+
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self.server)
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(LogsServicer(), self.server)
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.server.start()

@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from .._attributes import RUN_ID, RUN_TYPE
 from .._model import Run, span_to_dict
+from .._output import add_output_sink, remove_output_sink
 from .._ratelimit import RateLimitedLog
 from ..ledger import JournalUnavailable, Ledger, LedgerError, ledger_for
 from ..redaction import MAX_SPANS_BYTES, attributes_size
@@ -128,11 +129,14 @@ class LedgerSpanExporter(SpanExporter):
         """Record the finished run span of ``entry`` with its child spans, from the Run
         JSON the processors share (``OpenRun.end_json``: encoded once, also what the live
         feed sends); from the span's raw data when that JSON cannot be made."""
+        output = entry.output.kept() if entry.output is not None else None
         text = entry.end_json(span)
         if text is None:
-            self.record_run_span(span)
+            run_id = str((span.attributes or {})[RUN_ID])
+            self.ledger.record_span(span, self._take_children(run_id), output=output)
             return
-        self.ledger.record_encoded(entry.run_id, text, self._take_children(entry.run_id))
+        self.ledger.record_encoded(entry.run_id, text, self._take_children(entry.run_id),
+                                   output=output)
 
     def record_run(self, run: Run) -> None:
         """Record a finished :class:`~otel_runs.Run` with the child spans kept for it."""
@@ -159,6 +163,14 @@ class LedgerRunProcessor(RunProcessor):
         self.project_root = project_root
         self.exporter = exporter
         self._open: set[str] = set()
+        add_output_sink(self._journal_output)
+
+    def _journal_output(self, entry: OpenRun, lines: list[dict[str, Any]], durable: bool) -> None:
+        """A chunk of an open run's output: journaled. Not the last one, sent as the run
+        ends: its end record, written next, holds the whole output."""
+        if durable and entry.root == self.project_root and not self.exporter._shut_down \
+                and not (entry.output is not None and entry.output.closed):
+            self.exporter.ledger.record_output(entry.run_id, lines)
 
     def accepts(self, span: ReadableSpan) -> bool:
         if is_run_span(span):
@@ -211,6 +223,7 @@ class LedgerRunProcessor(RunProcessor):
         return self.exporter.force_flush(timeout_millis)
 
     def shutdown(self) -> None:
+        remove_output_sink(self._journal_output)
         self.exporter.shutdown()
 
 

@@ -64,6 +64,7 @@ ERROR_LOG_INTERVAL_S = 60.0
 #: The OTel loggers that report each failed export (or dropped span) individually.
 _NOISY_LOGGERS = (
     "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.http._log_exporter",
     "opentelemetry.exporter.otlp.proto.http._common",
     "opentelemetry.exporter.otlp.common.http",
     "opentelemetry.exporter.otlp.proto.grpc.exporter",

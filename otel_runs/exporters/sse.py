@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan, Span
 
 from .._attributes import RUN_TYPE
 from .._model import Run
 from .._open_runs import OpenRun
+from .._output import add_output_sink, remove_output_sink
 from ..live import Hub
 from ._run_processor import RunProcessor, run_project_root
 
-__all__ = ["RUN_COMPLETED", "RUN_STARTED", "SSESpanProcessor"]
+__all__ = ["RUN_COMPLETED", "RUN_OUTPUT", "RUN_STARTED", "SSESpanProcessor"]
 
 RUN_STARTED = "run:started"
 RUN_COMPLETED = "run:completed"
+#: A chunk of a running run's output: ``{"run_id": ..., "lines": [...]}``.
+RUN_OUTPUT = "run:output"
 
 
 class SSESpanProcessor(RunProcessor):
@@ -25,13 +30,25 @@ class SSESpanProcessor(RunProcessor):
     The event data is ``Run.to_dict()`` (the API's JSON), as the text the open run
     encoded once for every consumer (the journal line holds the same text). Publishing
     never waits on clients (the hub's ``publish_json``). With ``project_root`` set,
-    only runs recorded for that project are published.
+    only runs recorded for that project are published. Chunks of a run's output are
+    published as ``run:output`` while it runs.
     """
 
     def __init__(self, hub: Hub, project_root: str | os.PathLike[str] | None = None) -> None:
         self.hub = hub
         self.project_root = (
             None if project_root is None else str(Path(project_root).expanduser().resolve()))
+        add_output_sink(self._publish_output)
+
+    def _publish_output(self, entry: OpenRun, lines: list[dict[str, Any]], durable: bool) -> None:
+        if self.project_root is None or entry.root == self.project_root:
+            self.hub.publish_json(RUN_OUTPUT, json.dumps(
+                {"run_id": entry.run_id, "lines": lines}, ensure_ascii=False,
+                separators=(",", ":")))
+
+    def shutdown(self) -> None:
+        """Stop publishing output."""
+        remove_output_sink(self._publish_output)
 
     def accepts(self, span: ReadableSpan) -> bool:
         """Runs of ``project_root`` (all runs when it is None); never child spans."""

@@ -183,11 +183,11 @@ class Committing:
                     helper.close()
                     raise
         load_lines(entries)
-        items: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+        items: list[tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]] = []
         rejected: list[tuple[int, str, str]] = []
         for index, entry in enumerate(entries):
             try:
-                items.append((entry.run(), entry.spans()))
+                items.append((entry.run(), entry.spans(), entry.output()))
             except ValueError as exc:
                 rejected.append((index, entry.run_id, f"unreadable journal record: {exc}"))
         if rejected:

@@ -10,7 +10,9 @@ Layout, under ``<git common dir>/otel-runs/journal-<branch>-<hash>/``:
   cannot make a dead writer look alive.
 * ``<writer>.<segment>.jsonl`` — the writer's append-only segments, one JSON
   object a line: ``{"e": "start", "run": {...}}`` when a run starts and
-  ``{"e": "end", "run": {...}, "spans": [...]}`` when it ends (``run``: a
+  ``{"e": "end", "run": {...}, "spans": [...], "output": [...]}`` when it ends, and
+  ``{"e": "out", "run_id": "...", "lines": [...]}`` chunks of a run's output while it
+  runs (kept until its end record, which holds the output, is written) (``run``: a
   ``Run.to_dict()``, the same text the live feed sends; or ``span``: a run span's raw
   data, see ``_journal_records``; ``spans``: the child spans). A line is written
   with one ``write()`` on an ``O_APPEND`` descriptor, so a completed write survives
@@ -119,6 +121,9 @@ class JournalWriter:
         self.syncs = 0
         self._open_runs: dict[str, bytes] = {}  # run_id -> its start line
         self._uncommitted: dict[int, int] = {}  # segment -> ended runs not yet committed
+        #: run_id -> segments holding output chunks of that open run (each counted in
+        #: ``_uncommitted`` until the run's end record, which holds its output, is written).
+        self._output_segments: dict[str, list[int]] = {}
 
     # -- identity and files ------------------------------------------------
 
@@ -196,6 +201,21 @@ class JournalWriter:
         """Run ``run_id`` ended without an end record here (it could not be written)."""
         with self._lock:
             self._open_runs.pop(run_id, None)
+            self._release_output_locked(run_id)
+
+    def append_output(self, run_id: str, line: bytes) -> None:
+        """Append an ``out`` record (a chunk of an open run's output lines; never fsynced).
+        Its segment is kept until the run's end record is written. Raises ``OSError``."""
+        with self._lock:
+            self._write_locked(line)
+            segment = self._segment
+            self._uncommitted[segment] = self._uncommitted.get(segment, 0) + 1
+            self._output_segments.setdefault(run_id, []).append(segment)
+
+    def _release_output_locked(self, run_id: str) -> None:
+        for segment in self._output_segments.pop(run_id, ()):
+            if segment in self._uncommitted:
+                self._uncommitted[segment] -= 1
 
     def _write_locked(self, line: bytes) -> None:
         """Append ``line`` to the current segment (the caller holds the lock). On
@@ -233,6 +253,7 @@ class JournalWriter:
             segment = self._segment
             self._uncommitted[segment] = self._uncommitted.get(segment, 0) + 1
             self._open_runs.pop(run_id, None)
+            self._release_output_locked(run_id)
             if self.fsync:
                 try:
                     self._sync_upto_locked(mine)

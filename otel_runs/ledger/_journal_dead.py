@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .._ids import is_run_id
-from ._journal_records import decode_line, record_run_id, run_dict
+from ._journal_records import decode_line, record_output, record_run_id, run_dict
 
 __all__ = ["BadLine", "DeadJournal", "RecoveredRun", "dead_journals"]
 
@@ -47,6 +47,7 @@ class RecoveredRun:
     spans: list[dict[str, Any]]
     line: bytes
     source: str
+    output: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _shown(value: Any) -> str | None:
@@ -67,6 +68,8 @@ class DeadJournal:
     ends: dict[str, dict[str, Any]] = field(default_factory=dict)
     starts: dict[str, dict[str, Any]] = field(default_factory=dict)
     bad: list[BadLine] = field(default_factory=list)
+    #: Output chunks of runs (what an interrupted run printed until its process died).
+    outputs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     _lines: dict[tuple[str, str], tuple[bytes, str]] = field(default_factory=dict)
 
     @property
@@ -103,6 +106,8 @@ class DeadJournal:
         if not is_run_id(claimed):
             self.bad.append(BadLine(raw, f"malformed run id {_shown(claimed)!r}", _shown(claimed),
                                     source))
+        elif kind == "out":
+            self.outputs.setdefault(claimed, []).extend(record_output(rec))
         elif kind not in ("end", "start"):
             self.bad.append(BadLine(raw, f"unknown record kind {_shown(kind)!r}", claimed, source))
         else:
@@ -118,7 +123,8 @@ class DeadJournal:
             try:
                 spans = rec.get("spans")
                 out.append(RecoveredRun(run_id, run_dict(rec),
-                                        spans if isinstance(spans, list) else [], line, source))
+                                        spans if isinstance(spans, list) else [], line, source,
+                                        record_output(rec)))
             except ValueError as exc:
                 self.bad.append(BadLine(line, str(exc), run_id, source))
         now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -136,7 +142,7 @@ class DeadJournal:
             events = run.get("events") if isinstance(run.get("events"), list) else []
             run["events"] = [*events, {"name": "interrupted", "timestamp": now,
                                        "attributes": {"reason": self.reason}}]
-            out.append(RecoveredRun(run_id, run, [], line, source))
+            out.append(RecoveredRun(run_id, run, [], line, source, self.outputs.get(run_id, [])))
         return out
 
     def remove(self) -> None:

@@ -118,13 +118,14 @@ class CommitHelper:
         stop_process(proc, timeout=30)
 
 
-def _items(lines: list[bytes]) -> tuple[list[tuple[dict[str, Any], list[dict[str, Any]]]],
+def _items(lines: list[bytes]) -> tuple[list[tuple[dict[str, Any], list[dict[str, Any]],
+                                                   list[dict[str, Any]]]],
                                        list[tuple[int, str, str]]]:
-    """The (run dict, child spans) of each line, and the lines that cannot be one."""
+    """The (run dict, child spans, output) of each line, and the lines that cannot be one."""
     from .._ids import is_run_id
-    from ._journal_records import decode_line, record_run_id, run_dict
+    from ._journal_records import decode_line, record_output, record_run_id, run_dict
 
-    items: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+    items: list[tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]] = []
     rejected: list[tuple[int, str, str]] = []
     for index, raw in enumerate(lines):
         rid: Any = None
@@ -134,7 +135,8 @@ def _items(lines: list[bytes]) -> tuple[list[tuple[dict[str, Any], list[dict[str
             if not is_run_id(rid):
                 raise ValueError(f"malformed run id {rid!r}")
             spans = rec.get("spans")
-            items.append((run_dict(rec), spans if isinstance(spans, list) else []))
+            items.append((run_dict(rec), spans if isinstance(spans, list) else [],
+                          record_output(rec)))
         except ValueError as exc:
             rejected.append((index, rid if isinstance(rid, str) else repr(rid), str(exc)[:300]))
     return items, rejected

@@ -159,22 +159,43 @@ def encode_record(obj: dict[str, Any]) -> tuple[bytes, bool]:
     return (_STRICT.encode(normalise_record(obj)) + "\n").encode("utf-8"), True
 
 
-def encoded_line(kind: str, run_json: str, spans: list[dict[str, Any]] | None) -> bytes | None:
-    """The journal line ``{"e": kind, "run": <run_json>, "spans": [...]}`` around a Run
-    already encoded by otel-runs' own processors (``OpenRun.start_json``: built from
-    scrubbed, bounded data), without decoding or encoding the run again; None when the
-    child spans need normalising (the caller then takes :func:`encode_record`)."""
+def encoded_line(kind: str, run_json: str, spans: list[dict[str, Any]] | None,
+                 output: list[dict[str, Any]] | None = None) -> bytes | None:
+    """The journal line ``{"e": kind, "run": <run_json>, "spans": [...], "output": [...]}``
+    around a Run already encoded by otel-runs' own processors (``OpenRun.start_json``:
+    built from scrubbed, bounded data), without decoding or encoding the run again; None
+    when the child spans need normalising (the caller then takes :func:`encode_record`)."""
     if spans is None:
         return f'{{"e":"{kind}","run":{run_json}}}\n'.encode()
+    tail = ""
+    if output:
+        try:
+            tail = ',"output":' + _STRICT.encode(output)
+        except (ValueError, TypeError, RecursionError):
+            return None
     if not spans:
-        return f'{{"e":"{kind}","run":{run_json},"spans":[]}}\n'.encode()
+        return f'{{"e":"{kind}","run":{run_json},"spans":[]{tail}}}\n'.encode()
     if not _children_ok(spans):
         return None
     try:
         text = _STRICT.encode(spans)
-        return f'{{"e":"{kind}","run":{run_json},"spans":{text}}}\n'.encode()
+        return f'{{"e":"{kind}","run":{run_json},"spans":{text}{tail}}}\n'.encode()
     except (ValueError, TypeError, RecursionError):
         return None
+
+
+def output_line(run_id: str, lines: list[dict[str, Any]]) -> bytes:
+    """The journal line of one chunk of an open run's output (lines are clean already)."""
+    return (_STRICT.encode({"e": "out", "run_id": run_id, "lines": lines}) + "\n").encode()
+
+
+def record_output(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The output lines a journal record holds (an end record's or an ``out`` chunk's)."""
+    lines = record.get("output") if record.get("e") != "out" else record.get("lines")
+    if not isinstance(lines, list):
+        return []
+    return [line for line in lines if isinstance(line, dict) and isinstance(line.get("n"), int)
+            and isinstance(line.get("text"), str)]
 
 
 def json_safe(value: Any, depth: int = 0) -> Any:
@@ -300,6 +321,8 @@ def record_run_id(record: Any) -> Any:
     """The run id a record claims (validate before use)."""
     if not isinstance(record, dict):
         return None
+    if record.get("e") == "out":
+        return record.get("run_id")
     if "run" in record:
         run = record["run"]
         return run.get("run_id") if isinstance(run, dict) else None

@@ -44,6 +44,10 @@ MAX_RECORDS = 200_000
 #: Most bytes read from a segment in one ``pread``.
 READ_CHUNK = 1 << 20
 
+#: Most output chunks indexed per open run (later ones are not shown until it ends).
+MAX_OUTPUT_CHUNKS = 8_192
+# The line prefix of an output chunk of an open run.
+_OUT_HEAD = re.compile(rb'\{"e":"out","run_id":"([0-9a-fTZ-]{30})"')
 # The line prefix otel-runs writes for run records (anything else is decoded in full).
 _RUN_HEAD = re.compile(rb'\{"e":"(start|end)","run":\{"run_id":"([0-9a-fTZ-]{30})","type":"([^"\\]*)",'
                        rb'"subtype":"[^"\\]*(?:\\.[^"\\]*)*","status":"([a-z]*)"')
@@ -76,6 +80,7 @@ class JournalView:
         self._next_fid = 0
         self._ends: dict[str, int] = {}  # run id -> location of its end record
         self._opens: dict[str, int] = {}  # run id -> location of its start (no end seen)
+        self._outputs: dict[str, list[int]] = {}  # run id -> its output chunks (no end seen)
         self._order: list[str] = []  # every indexed run id, ascending (rebuilt when dirty)
         self._dirty = False
         self._codes: list[tuple[str | None, str | None]] = [(None, None)]  # 0: unknown
@@ -199,6 +204,13 @@ class JournalView:
                 for rid in rids:
                     del table[rid]
                 gone += len(rids)
+            for rid, chunks in list(self._outputs.items()):
+                kept = [loc for loc in chunks if loc >> 96 != f.fid]
+                if len(kept) != len(chunks):
+                    if kept:
+                        self._outputs[rid] = kept
+                    else:
+                        del self._outputs[rid]
             if gone:
                 self._dirty = True
                 if gone * 2 > self.records:
@@ -240,6 +252,14 @@ class JournalView:
             start = nl + 1
 
     def _line(self, f: _File, buf: bytes, start: int, end: int, base: int) -> None:
+        if buf.startswith(b'{"e":"out"', start):
+            out = _OUT_HEAD.match(buf, start, end)
+            if out is not None and (rid := out.group(1).decode()) not in self._ends:
+                chunks = self._outputs.setdefault(sys.intern(rid), [])
+                if len(chunks) < MAX_OUTPUT_CHUNKS:
+                    f.records += 1
+                    chunks.append(((f.fid << 48 | (base + start)) << 32 | (end + 1 - start)) << 16)
+            return
         m = _RUN_HEAD.match(buf, start, end)
         if m is not None and is_run_id(rid := m.group(2).decode()):
             kind, rtype, status = m.group(1, 3, 4)
@@ -262,6 +282,7 @@ class JournalView:
             if self._opens.pop(rid, None) is None and rid not in self._ends:
                 self._insert(rid)
             self._ends[rid] = loc
+            self._outputs.pop(rid, None)  # (the end record holds the whole output)
         elif rid not in self._ends:
             if rid not in self._opens:
                 self._insert(rid)
@@ -297,6 +318,7 @@ class JournalView:
             victims = heapq.nsmallest(min(max(excess, 0), len(table)), table)
             for rid in victims:
                 del table[rid]
+                self._outputs.pop(rid, None)
             excess -= len(victims)
             self.evicted += len(victims)
         self._compact()
@@ -307,6 +329,8 @@ class JournalView:
     def _compact(self) -> None:
         """After many deletions: tables sized to what they hold (dicts never shrink)."""
         self._ends, self._opens = dict(self._ends), dict(self._opens)
+        self._outputs = {rid: chunks for rid, chunks in self._outputs.items()
+                         if rid in self._opens or rid not in self._ends}
         self._dirty = True
 
 

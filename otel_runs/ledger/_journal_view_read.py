@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._journal import process_start_time
 from ._journal_dead import DeadJournal
-from ._journal_records import decode_line, run_dict
+from ._journal_records import decode_line, record_output, run_dict
 
 if TYPE_CHECKING:
     from ._journal_view import JournalView
@@ -187,8 +187,16 @@ class ViewRead:
     def _opened(self, rid: str, loc: int, finished: bool) -> _Cand | None:
         fid = loc >> 96
         f = self._view._by_fid.get(fid)
-        if f is None:
+        if f is None or not self._open_fd(fid):
             return None
+        dead = None if finished or f.writer.alive() else f.writer
+        return rid, loc, finished, dead
+
+    def _open_fd(self, fid: int) -> bool:
+        """Under the view's lock: a descriptor for segment ``fid`` (False if it is gone)."""
+        f = self._view._by_fid.get(fid)
+        if f is None:
+            return False
         if fid not in self._fds:
             fd: int | None = None
             try:
@@ -200,10 +208,7 @@ class ViewRead:
                     os.close(fd)
                 fd = None
             self._fds[fid] = fd
-        if self._fds[fid] is None:
-            return None
-        dead = None if finished or f.writer.alive() else f.writer
-        return rid, loc, finished, dead
+        return self._fds[fid] is not None
 
     def _decode(self, cand: _Cand, line: bytes | None = None) -> Found | None:
         rid, loc, finished, dead = cand
@@ -250,6 +255,25 @@ class ViewRead:
         except (ValueError, OSError):
             return []
         return spans if isinstance(spans, list) else []
+
+    def output(self, run_id: str) -> list[dict[str, Any]] | None:
+        """The output lines journaled for run ``run_id`` (with its end record, or the
+        chunks of an open run so far); None if the run is not journaled."""
+        with self._view._state:
+            cand = self._take(run_id)
+            chunks = [] if cand is None or cand[2] else [
+                loc for loc in self._view._outputs.get(run_id, ()) if self._open_fd(loc >> 96)]
+        if cand is None:
+            return None
+        try:
+            if cand[2]:
+                return record_output(decode_line(self._line(cand[1])))
+            lines: list[dict[str, Any]] = []
+            for loc in chunks:
+                lines.extend(record_output(decode_line(self._line(loc))))
+            return lines
+        except (ValueError, OSError):
+            return []
 
     def recent(self, limit: int, type: str | None = None,  # noqa: A002 - API name
                status: str | None = None) -> list[Found]:

@@ -4,6 +4,7 @@ Layout (see docs/ledger-storage.md)::
 
     ledger/runs/<YYYY>/<MM>/<DD>/<a>/<b>/<c>/<d>/<run_id>/run.json
                                                   .../spans.jsonl   (only when the run has child spans)
+                                                  .../output.log    (only when it printed anything)
 
 ``YYYY/MM/DD`` is the run's start day (UTC, from the id); ``a/b/c/d`` are the first four hex
 digits of ``sha1(run_id)``: 65,536 buckets per day, so a day with 100k runs keeps every tree
@@ -29,10 +30,13 @@ from .._ids import RUN_ID_PATTERN
 __all__ = [
     "LEDGER_ROOT",
     "RUN_FILE",
+    "OUTPUT_FILE",
     "SPANS_FILE",
     "IndexLine",
     "format_index_line",
+    "format_output",
     "parse_index_lines",
+    "parse_output",
     "run_dir",
     "run_epoch",
 ]
@@ -40,6 +44,9 @@ __all__ = [
 LEDGER_ROOT = ("ledger", "runs")
 RUN_FILE = "run.json"
 SPANS_FILE = "spans.jsonl"
+#: The run's output, one line per line: ``<n> TAB <t> TAB <stream> TAB <text>`` (see
+#: :func:`format_output` / :func:`parse_output`; only when the run printed anything).
+OUTPUT_FILE = "output.log"
 #: Hex digits of sha1(run_id) used as bucket directories (one level each).
 BUCKET_DIGITS = 4
 INDEX_SUMMARY_CHARS = 200
@@ -132,4 +139,39 @@ def parse_index_lines(message: str) -> list[IndexLine]:
                     not summary.endswith("\u2026") or len(summary) < INDEX_SUMMARY_CHARS,
                 )
             )
+    return out
+
+
+def _stream_field(line: dict[str, Any]) -> str:
+    stream = str(line.get("stream") or "out")
+    if stream == "log":
+        return f"log:{line.get('level') or ''}:{line.get('logger') or ''}"
+    return stream
+
+
+def format_output(lines: list[dict[str, Any]]) -> bytes:
+    """``output.log`` for a run's output lines: ``<n> TAB <t> TAB <stream> TAB <text>``,
+    where a log line's stream is ``log:<LEVEL>:<logger>`` (text has no newline)."""
+    return "".join(f"{int(line['n'])}\t{float(line.get('t') or 0.0):.3f}\t{_stream_field(line)}"
+                   f"\t{line['text']}\n" for line in lines).encode("utf-8", "replace")
+
+
+def parse_output(data: bytes) -> list[dict[str, Any]]:
+    """The lines of an ``output.log`` (malformed lines are kept as text of stream ``meta``)."""
+    out: list[dict[str, Any]] = []
+    for raw in data.decode("utf-8", "replace").split("\n"):
+        if not raw:
+            continue
+        fields = raw.split("\t", 3)
+        try:
+            n, t, stream, text = int(fields[0]), float(fields[1]), fields[2], fields[3]
+        except (IndexError, ValueError):
+            out.append({"n": out[-1]["n"] + 1 if out else 0, "t": 0.0, "stream": "meta",
+                        "text": raw})
+            continue
+        line: dict[str, Any] = {"n": n, "t": t, "stream": stream, "text": text}
+        if stream.startswith("log:"):
+            _, level, logger = stream.split(":", 2)
+            line.update(stream="log", level=level, logger=logger)
+        out.append(line)
     return out

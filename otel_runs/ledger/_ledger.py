@@ -41,7 +41,7 @@ from ._committer import (
     commit_process,
 )
 from ._journal import JournalUnavailable, JournalWriter
-from ._journal_records import encode_record, encoded_line, raw_span
+from ._journal_records import encode_record, encoded_line, output_line, raw_span
 from ._pending import Pending, PendingQueue, share
 from ._quarantine import Quarantined, quarantined
 from ._reads import Reading
@@ -179,26 +179,32 @@ class Ledger(Reading, Recovering, Committing):
         this process dies before it finishes. Not a durability point."""
         self._start(validate_run_id(run.run_id), {"run": run.to_dict()})
 
-    def record(self, run: Run, spans: Sequence[dict[str, Any]] = ()) -> None:
-        """Record a finished run with its child spans (``span_to_dict`` records).
+    def record(self, run: Run, spans: Sequence[dict[str, Any]] = (),
+               output: Sequence[dict[str, Any]] = ()) -> None:
+        """Record a finished run with its child spans (``span_to_dict`` records) and its
+        output lines (``{"n", "t", "stream", "text"}``, see :meth:`output`).
 
         Durable when it returns; committed to git in the background. A run id
         already on the branch is not written again (the first write wins).
         """
-        self._end(validate_run_id(run.run_id), {"run": run.to_dict()}, list(spans))
+        self._end(validate_run_id(run.run_id), {"run": run.to_dict()}, list(spans),
+                  output=list(output) or None)
 
     def record_span_started(self, span: ReadableSpan) -> None:
         """:meth:`record_started` for a run span (cheap: the Run is built later)."""
         self._start((span.attributes or {})[RUN_ID], {"span": raw_span(span)})
 
-    def record_span(self, span: ReadableSpan, spans: Sequence[dict[str, Any]] = ()) -> None:
+    def record_span(self, span: ReadableSpan, spans: Sequence[dict[str, Any]] = (), *,
+                    output: list[dict[str, Any]] | None = None) -> None:
         """:meth:`record` for a finished run span: only its raw data is journaled on
         the caller's time; the Run is built off the request path."""
-        self._end((span.attributes or {})[RUN_ID], {"span": raw_span(span)}, list(spans))
+        self._end((span.attributes or {})[RUN_ID], {"span": raw_span(span)}, list(spans),
+                  output=output)
 
     def record_encoded(self, run_id: str, run_json: str,
                        spans: Sequence[dict[str, Any]] | None = None, *,
-                       started: bool = False) -> None:
+                       started: bool = False,
+                       output: list[dict[str, Any]] | None = None) -> None:
         """:meth:`record` (or, ``started``, :meth:`record_started`) of a run otel-runs'
         processors encoded already (``OpenRun.start_json``: scrubbed, bounded, strict
         JSON): the journal line is built around that text, which the live feed sends too."""
@@ -208,11 +214,25 @@ class Ledger(Reading, Recovering, Committing):
             self._start(run_id, {}, line)
             return
         children = list(spans or ())
-        line = encoded_line("end", run_json, children)
+        line = encoded_line("end", run_json, children, output)
         if line is None:  # child spans to normalise: the slow path
-            self._end(run_id, {"run": json.loads(run_json)}, children)
+            self._end(run_id, {"run": json.loads(run_json)}, children, output=output)
             return
         self._end(run_id, {}, children, line)
+
+    def record_output(self, run_id: str, lines: list[dict[str, Any]]) -> None:
+        """Journal a chunk of an open run's output (``otel_runs._output`` lines), so that
+        it is kept with the run if this process dies before the run ends, and readable by
+        every process of the host meanwhile. Not a durability point: failures are logged."""
+        if self._pid != os.getpid():  # pragma: no cover - the at-fork hook does this
+            self._after_fork_in_child()
+        if not is_run_id(run_id) or not lines:
+            return
+        try:
+            self._journal.append_output(run_id, output_line(run_id, lines))
+        except (OSError, ValueError, TypeError) as exc:
+            self._log.warning("journal-output", "otel-runs: could not journal output of run %s "
+                              "in %s: %s", run_id, self.journal_dir, exc)
 
     def _start(self, run_id: Any, record: dict[str, Any], line: bytes | None = None) -> None:
         if self._pid != os.getpid():  # pragma: no cover - the at-fork hook does this
@@ -231,12 +251,13 @@ class Ledger(Reading, Recovering, Committing):
                 raise JournalUnavailable(run_id, self.journal_dir, exc, "start") from exc
 
     def _end(self, run_id: Any, record: dict[str, Any], spans: list[dict[str, Any]],
-             line: bytes | None = None) -> None:
+             line: bytes | None = None, output: list[dict[str, Any]] | None = None) -> None:
         if self._pid != os.getpid():  # pragma: no cover - the at-fork hook does this
             self._after_fork_in_child()
         normalised = False
         if line is None:
-            line, normalised = encode_record({"e": "end", **record, "spans": spans})
+            extra = {"output": output} if output else {}
+            line, normalised = encode_record({"e": "end", **record, "spans": spans, **extra})
         if normalised:
             self._log.warning("normalised", "otel-runs: run %s held values the ledger cannot "
                             "store as they are (times out of range, NaN/Infinity, ...); they "

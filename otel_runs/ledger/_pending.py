@@ -26,7 +26,7 @@ from array import array
 from collections import deque
 from typing import Any, Protocol
 
-from ._journal_records import decode_line, record_run_id, run_dict
+from ._journal_records import decode_line, record_output, record_run_id, run_dict
 
 #: Pending runs that have an entry in memory; later journaled ones are kept as positions.
 KEEP_LINES = 4_000
@@ -115,6 +115,13 @@ class Pending:
         except ValueError:
             return []
         return spans if isinstance(spans, list) else []
+
+    def output(self) -> list[dict[str, Any]]:
+        """The output lines journaled with the run."""
+        try:
+            return record_output(self.record())
+        except ValueError:
+            return []
 
 
 def load_lines(entries: list[Pending]) -> None:

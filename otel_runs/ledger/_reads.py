@@ -157,12 +157,32 @@ class Reading:
             return list(spans)
         return list(self.store.spans(run_id))
 
+    def output(self, run_id: str) -> list[dict[str, Any]] | None:
+        """The output lines of run ``run_id`` (``{"n", "t", "stream", "text"}``, and
+        ``level``/``logger`` for log lines; a running run's so far, from any process of the
+        host), oldest first; None if there is no such run. Raises ``InvalidRunId``."""
+        validate_run_id(run_id)
+        entry = shared_entry(str(self.journal_dir), run_id)
+        if entry is not None and entry.readable_run() is not None:
+            return entry.output()
+        with self.journal_view.read() as journal:
+            found = journal.get(run_id)
+            if found is not None and found.finished:
+                return journal.output(run_id) or []
+            committed = self.store.output(run_id)
+            if committed is not None:
+                return committed
+            return None if found is None else (journal.output(run_id) or [])
+
     def recent(self, limit: int = 50, type: str | None = None,  # noqa: A002 - API name
-               status: str | None = None) -> list[Run]:
+               status: str | None = None, before: str | None = None) -> list[Run]:
         """The newest ``limit`` runs, optionally of one type and/or status (``running``
-        too: runs of any process of this host that have started and not ended)."""
+        too: runs of any process of this host that have started and not ended); with
+        ``before`` (a run id: raises ``InvalidRunId``), only runs older than that one."""
         if limit <= 0:
             return []
+        if before is not None:
+            return self._recent_before(limit, type, status, validate_run_id(before))
         mine = sorted(itertools.islice(
             (d for d in self._pending_runs() if (type is None or d.get("type") == type)
              and (status is None or d.get("status") == status)), limit), key=_key, reverse=True)
@@ -174,6 +194,31 @@ class Reading:
         # read its whole history on every call).
         stored = [] if status == "running" else self.store.recent(limit=limit, type=type,
                                                                    status=status)
+        return list(itertools.islice(merge_iter(mine, done, stored, live), limit))
+
+    def _recent_before(self, limit: int, rtype: str | None, status: str | None,
+                       before: str) -> list[Run]:
+        """``recent`` below the ``before`` bound (a page of older runs): the journals
+        and the branch are scanned past the newer runs, whose blobs are not read."""
+        def ok(d: dict[str, Any]) -> bool:
+            return _key(d) < before and (rtype is None or d.get("type") == rtype) \
+                and (status is None or d.get("status") == status)
+
+        mine = sorted(itertools.islice((d for d in self._pending_runs() if ok(d)), limit),
+                      key=_key, reverse=True)
+        found: list[Found] = []
+        with self.journal_view.read() as journal:
+            finished = 0
+            for f in journal.runs(rtype):
+                if ok(f.run):
+                    found.append(f)
+                    finished += f.finished
+                    if finished >= limit:
+                        break
+        done, live = _split(found, self._committed(found))
+        stored: list[dict[str, Any]] = [] if status == "running" else list(self.store._select(
+            lambda ln: ln.run_id < before and (rtype is None or ln.type == rtype)
+            and (status is None or ln.status == status), ok, limit))
         return list(itertools.islice(merge_iter(mine, done, stored, live), limit))
 
     def search(self, text: str, limit: int = 10) -> list[Run]:

@@ -82,7 +82,7 @@ class Recovering:
                 and saved
 
         written, complete, error = commit_all(
-            runs, lambda batch: self.store.write_batch([(i.run, i.spans) for i in batch]),
+            runs, lambda batch: self.store.write_batch([(i.run, i.spans, i.output) for i in batch]),
             reject, self._sizer.maximum)
         if not (complete and saved):
             self._log.warning("recover-incomplete", "otel-runs: the journal of %s in %s is kept "
@@ -101,11 +101,12 @@ class Recovering:
 class _Recovering:
     """A run of a dead journal on its way to the branch (with the counts ``_commits`` keeps)."""
 
-    __slots__ = ("run_id", "run", "spans", "line", "source", "failures", "solo_failures",
-                 "failed_mark")
+    __slots__ = ("run_id", "run", "spans", "output", "line", "source", "failures",
+                 "solo_failures", "failed_mark")
 
     def __init__(self, recovered: RecoveredRun) -> None:
         self.run_id, self.run, self.spans = recovered.run_id, recovered.run, recovered.spans
+        self.output = recovered.output
         self.line, self.source = recovered.line, recovered.source
         self.failures = self.solo_failures = 0
         self.failed_mark = -1

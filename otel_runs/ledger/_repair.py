@@ -22,7 +22,7 @@ from .._ids import InvalidRunId, validate_run_id
 from ._errors import LedgerError
 from ._fast_import import FastImport
 from ._git import run_lines, split_z
-from ._layout import RUN_FILE, SPANS_FILE, run_path
+from ._layout import OUTPUT_FILE, RUN_FILE, SPANS_FILE, run_path
 from ._store import GitStore
 from ._store_read import COUNT_TRAILER, MAX_ID_TRAILER, UNKNOWN_MAX
 from ._tags import repair_pending_tags
@@ -130,8 +130,8 @@ def repair_ledger(project_root: str | os.PathLike[str], *, branch: str = "scp-le
         lost = [r for r in tagged if r not in present_runs and r not in restored]
         if lost:
             with store._read_lock:
-                names = [f"{tagged[r]}:{run_path(r, n)}" for r in lost for n in (RUN_FILE,
-                                                                                   SPANS_FILE)]
+                names = [f"{tagged[r]}:{run_path(r, n)}" for r in lost
+                         for n in (RUN_FILE, SPANS_FILE, OUTPUT_FILE)]
                 got = store._cat().read_many(names)
             for name, entry in zip(names, got, strict=True):
                 if entry is not None and entry[1] == "blob":

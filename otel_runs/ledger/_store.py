@@ -43,7 +43,7 @@ from ._branch_guard import check_branch as guard_branch
 from ._errors import LedgerError, PoisonRecords
 from ._fast_import import FastImport
 from ._git import discover, empty_tree, git_command, git_env, run_lines, split_z
-from ._layout import RUN_FILE, SPANS_FILE, format_index_line, run_path
+from ._layout import OUTPUT_FILE, RUN_FILE, SPANS_FILE, format_index_line, format_output, run_path
 from ._maintenance import count_and_maintain, maintain_now
 from ._store_read import COUNT_TRAILER, MAX_ID_TRAILER, UNKNOWN_MAX, Commit, StoreReader
 from ._tags import repair_pending_tags, tag_runs, use_packed_tags, write_pending
@@ -58,7 +58,7 @@ _MAX_ATTEMPTS = 200
 _MAX_CHECK_FAILURES = 3
 
 #: run id -> (run dict, run.json bytes, spans.jsonl bytes or None, index line)
-Prepared = dict[str, tuple[dict[str, Any], bytes, bytes | None, str]]
+Prepared = dict[str, tuple[dict[str, Any], bytes, bytes | None, str, bytes | None]]
 
 
 #: The run files' JSON: sorted keys, compact, UTF-8, finite numbers only (one encoder, not one
@@ -205,8 +205,9 @@ class GitStore(StoreReader):
 
     # -- writing -------------------------------------------------------------------------------
 
-    def write_batch(self, items: Sequence[tuple[dict[str, Any], list[dict[str, Any]]]]) -> int:
-        """Record ``(run dict, child span dicts)`` pairs as one commit; return how many were new.
+    def write_batch(self, items: Sequence[tuple[Any, ...]]) -> int:
+        """Record ``(run dict, child span dicts[, output lines])`` items as one commit; return
+        how many were new.
 
         Runs already on the branch (and repeats within ``items``) are skipped: first write wins.
         Raises :class:`PoisonRecords`, writing nothing, when some items can never be written
@@ -256,15 +257,16 @@ class GitStore(StoreReader):
         if self._pid != os.getpid():  # pragma: no cover - register_at_fork normally handles it
             self._init_process_state()
 
-    def _prepare(self, items: Sequence[tuple[dict[str, Any], list[dict[str, Any]]]]) -> Prepared:
-        """``{run_id: (run dict, run.json, spans.jsonl | None, index line)}``, first wins;
+    def _prepare(self, items: Sequence[tuple[Any, ...]]) -> Prepared:
+        """``{run_id: (run dict, run.json, spans.jsonl | None, index line, output.log | None)}``,
+        first wins;
         :class:`PoisonRecords` listing every item that can never be written."""
         out: Prepared = {}
         rejected: list[tuple[int, str, str]] = []
         for index, item in enumerate(items):
             rid: Any = None
             try:
-                run, spans = item
+                run, spans, *more = item
                 rid = run.get("run_id") if isinstance(run, dict) else None
                 run_id = validate_run_id(rid)
                 if run_id in out:
@@ -273,11 +275,12 @@ class GitStore(StoreReader):
                 body = (_dumps(run) + "\n").encode()
                 span_blob = "".join(_dumps(s) + "\n" for s in spans).encode() if spans else None
                 line = format_index_line(run)
+                output = format_output(more[0]) if more and more[0] else None
             except Exception as exc:  # noqa: BLE001 - any failure makes the item poison
                 shown = rid if isinstance(rid, str) and len(rid) <= 80 else repr(rid)[:80]
                 rejected.append((index, shown, f"{type(exc).__name__}: {exc}"[:300]))
                 continue
-            out[run_id] = (run, body, span_blob, line)
+            out[run_id] = (run, body, span_blob, line, output)
         if rejected:
             raise PoisonRecords(rejected)
         return out
@@ -305,10 +308,12 @@ class GitStore(StoreReader):
                 return None
             files: dict[str, bytes] = {}
             for run_id in new_ids:
-                _, body, span_blob, _ = prepared[run_id]
+                _, body, span_blob, _, output = prepared[run_id]
                 files[run_path(run_id, RUN_FILE)] = body
                 if span_blob is not None:
                     files[run_path(run_id, SPANS_FILE)] = span_blob
+                if output is not None:
+                    files[run_path(run_id, OUTPUT_FILE)] = output
             max_id = max(new_ids[-1], self._max_id_below(tip)) if tip else new_ids[-1]
             count = self.run_count(tip) + len(new_ids)
             title = f"otel-runs: record {len(new_ids)} run{'s' if len(new_ids) != 1 else ''}"
@@ -325,6 +330,7 @@ class GitStore(StoreReader):
         the batch's, and says so in its count trailer)."""
         expected = {run_path(r, RUN_FILE) for r in new_ids}
         expected |= {run_path(r, SPANS_FILE) for r in new_ids if prepared[r][2] is not None}
+        expected |= {run_path(r, OUTPUT_FILE) for r in new_ids if prepared[r][4] is not None}
         old = tip.tree if tip is not None else empty_tree(self._algo)
         fields = split_z(run_lines(self.git_dir, "diff-tree", "-r", "-z", "--no-renames",
                                    "--name-status", old, commit_hex))

@@ -25,7 +25,15 @@ from .._ids import RUN_ID_PATTERN, validate_run_id
 from .._model import Run
 from ._errors import LedgerError
 from ._git import CatFile
-from ._layout import RUN_FILE, SPANS_FILE, IndexLine, parse_index_lines, run_path
+from ._layout import (
+    OUTPUT_FILE,
+    RUN_FILE,
+    SPANS_FILE,
+    IndexLine,
+    parse_index_lines,
+    parse_output,
+    run_path,
+)
 
 __all__ = ["COUNT_TRAILER", "MAX_ID_TRAILER", "Commit", "StoreReader"]
 
@@ -202,6 +210,21 @@ class StoreReader:
         with self._read_lock:
             tree = self._tip_tree()
             return self._read_runs(tree, [run_id])[0] if tree else None
+
+    def output(self, run_id: str) -> list[dict[str, Any]] | None:
+        """The output lines recorded with ``run_id`` (validated): [] if it printed nothing,
+        None if the run is not on the branch."""
+        run_id = validate_run_id(run_id)
+        with self._read_lock:
+            tree = self._tip_tree()
+            if not tree:
+                return None
+            data, body = self._files(tree, [run_id], OUTPUT_FILE)[0], None
+            if data is None:
+                body = self._files(tree, [run_id], RUN_FILE)[0]
+        if data is None:
+            return None if body is None else []
+        return parse_output(data)
 
     def spans(self, run_id: str) -> list[dict[str, Any]]:
         """Child span dicts recorded with ``run_id`` (validated); bad lines skipped with a warning."""

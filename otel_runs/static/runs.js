@@ -1,107 +1,141 @@
-/* The live runs page of otel-runs (served at /runs/assets/runs.js; see runs.html). */
+/* The live runs list (served at /runs/assets/runs.js; see runs.html). */
 "use strict";
 (function () {
-  // The server writes the config into a JSON data block (never executed: no inline script).
-  const configNode = document.getElementById("otel-runs-config");
-  let served = {};
-  try { served = JSON.parse(configNode ? configNode.textContent : "{}") || {}; } catch (e) { served = {}; }
-  const CONFIG = Object.assign({ api: "/api", traceUrl: null, types: [], statuses: [] }, served);
-  const MAX_ROWS = 200;
+  const R = window.OtelRuns;
+  const { CONFIG, el, parseTime, relTime, localTime, elapsed, getJSON, runHref } = R;
+  const PAGE = 100, MAX_RUNS = 5000, RANGES = { "1h": 3600e3, "24h": 86400e3, "7d": 7 * 86400e3, "30d": 30 * 86400e3 };
   const runs = new Map();          // run_id -> Run dict
-  let selected = null;             // run_id shown in the detail panel
-  let lastEventId = null;          // newest event id seen (for reconnects)
-  let source = null, reconnectTimer = null, backoff = 1000;
-  const RETRY_AFTER_MS = 5000, MAX_BACKOFF_MS = 60000;  // Retry-After default; back-off cap
-
+  const floors = new Map();        // "type|status" -> oldest run id loaded without gaps ("" = all)
+  let selected = null, view = null, lastEventId = null, source = null, reconnectTimer = null, backoff = 1000;
+  const RETRY_AFTER_MS = 5000, MAX_BACKOFF_MS = 60000;
   const $ = (id) => document.getElementById(id);
-  const body = $("runs-body"), typeSel = $("filter-type"), statusSel = $("filter-status");
+  const body = $("runs-body"), search = $("search"), suggest = $("suggest");
+  const f = { type: $("filter-type"), subtype: $("filter-subtype"), status: $("filter-status"), range: $("filter-range") };
 
-  for (const t of CONFIG.types) typeSel.add(new Option(t, t));
-  for (const s of CONFIG.statuses) statusSel.add(new Option(s, s));
+  for (const t of CONFIG.types) f.type.add(new Option(t, t));
+  for (const s of CONFIG.statuses) f.status.add(new Option(s, s));
 
-  function el(tag, attrs, ...children) {
-    const node = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs || {})) {
-      if (v === null || v === undefined) continue;
-      if (k === "class") node.className = v; else if (k === "text") node.textContent = v;
-      else node.setAttribute(k, v);
-    }
-    for (const c of children) if (c !== null && c !== undefined) node.append(c);
-    return node;
+  // -- state in the URL -------------------------------------------------------------
+  function readUrl() {
+    const p = new URLSearchParams(location.search);
+    for (const [k, node] of Object.entries(f)) node.value = p.get(k) || "";
+    if (f.type.value !== (p.get("type") || "")) f.type.value = "";
+    if (f.status.value !== (p.get("status") || "")) f.status.value = "";
+    search.value = p.get("q") || "";
+    selected = p.get("run") || null;
+  }
+  function writeUrl() {
+    const p = new URLSearchParams();
+    if (search.value.trim()) p.set("q", search.value.trim());
+    for (const [k, node] of Object.entries(f)) if (node.value.trim()) p.set(k, node.value.trim());
+    if (selected) p.set("run", selected);
+    const url = location.pathname + (p.toString() ? "?" + p : "");
+    if (url !== location.pathname + location.search) history.replaceState(null, "", url);
+    try { localStorage.setItem("otel-runs:list", url); } catch (e) { /* storage off: the link is plain */ }
   }
 
-  function parseTime(iso) { const t = Date.parse(iso || ""); return Number.isNaN(t) ? null : t; }
-
-  function relTime(ms) {
-    const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
-    if (s < 5) return "just now";
-    if (s < 60) return s + "s ago";
-    if (s < 3600) return Math.floor(s / 60) + " min ago";
-    if (s < 86400) return Math.floor(s / 3600) + " h ago";
-    return Math.floor(s / 86400) + " d ago";
+  // -- filtering ------------------------------------------------------------------------
+  const serverKey = () => `${f.type.value}|${f.status.value}`;
+  function words() { return search.value.toLowerCase().replace(/@run:/g, " ").split(/\s+/).filter(Boolean); }
+  function textMatch(run, ws) {   // the ledger's search rule
+    const id = run.run_id.toLowerCase(), sub = (run.subtype || "").toLowerCase();
+    const sw = (run.summary || "").toLowerCase().match(/\w[\w.:/-]*/g) || [];
+    return ws.every((w) => id.startsWith(w) || sub.includes(w) || sw.some((s) => s.startsWith(w)));
+  }
+  function passes(run, ignoreStatus, ignoreFloor) {
+    const ws = words(), sub = f.subtype.value.trim().toLowerCase(), range = RANGES[f.range.value];
+    if (f.type.value && run.type !== f.type.value) return false;
+    if (!ignoreStatus && f.status.value && run.status !== f.status.value) return false;
+    if (sub && !(run.subtype || "").toLowerCase().includes(sub)) return false;
+    if (range) { const t = parseTime(run.started_at); if (t === null || Date.now() - t > range) return false; }
+    if (ws.length && !textMatch(run, ws)) return false;
+    if (ignoreFloor) return true;
+    const floor = floors.get(ignoreStatus ? `${f.type.value}|` : serverKey());
+    return !floor || run.run_id >= floor || run.status === "running";
+  }
+  function describeFilters() {
+    const parts = [];
+    if (search.value.trim()) parts.push(`matching “${search.value.trim()}”`);
+    if (f.type.value) parts.push(`of type ${f.type.value}`);
+    if (f.subtype.value.trim()) parts.push(`subtype containing “${f.subtype.value.trim()}”`);
+    if (f.status.value) parts.push(`with status ${f.status.value}`);
+    if (f.range.value) parts.push(`started in the ${f.range.options[f.range.selectedIndex].text}`);
+    return parts.join(", ");
   }
 
-  function fmtDuration(ms) {
-    if (ms === null || ms === undefined) return "";
-    if (ms < 1000) return Math.round(ms) + " ms";
-    const s = ms / 1000;
-    if (s < 60) return s.toFixed(s < 10 ? 2 : 1) + " s";
-    const m = Math.floor(s / 60);
-    return m + " min " + Math.round(s - m * 60) + " s";
-  }
-
-  function elapsed(run) {
-    if (run.status === "running") {
-      const t = parseTime(run.started_at);
-      return t === null ? "" : fmtDuration(Math.max(0, Date.now() - t));
-    }
-    return fmtDuration(run.duration_ms);
-  }
-
-  function visible(run) {
-    return (!typeSel.value || run.type === typeSel.value) &&
-           (!statusSel.value || run.status === statusSel.value);
-  }
-
-  function rowFor(run) {
+  // -- rendering ------------------------------------------------------------------------
+  function rowFor(run, first) {
     const started = parseTime(run.started_at);
-    const tr = el("tr", { tabindex: "0", "data-run-id": run.run_id, "data-status": run.status,
+    const tr = el("tr", { tabindex: first ? "0" : "-1", "data-run-id": run.run_id, "data-status": run.status,
                           "aria-selected": String(run.run_id === selected),
-                          "aria-controls": "detail",
-                          "aria-label": `${run.subtype}, ${run.status}${run.summary ? ", " + run.summary : ""}` });
+                          "aria-label": `${run.subtype}, ${run.status}${run.summary ? ", " + run.summary.slice(0, 120) : ""}` });
     tr.append(
-      el("td", {}, el("span", { class: "badge " + run.status, text: run.status })),
-      el("td", {}, el("div", { class: "subtype", text: run.subtype }),
-                   el("div", { class: "rid", text: run.run_id })),
-      el("td", { class: "summary", text: run.summary || "" }),
-      el("td", { class: "num" }, started === null ? "" :
-         el("time", { datetime: run.started_at, title: run.started_at, "data-rel": String(started),
-                      text: relTime(started) })),
-      el("td", { class: "num elapsed", text: elapsed(run) }),
-    );
-    tr.addEventListener("click", () => select(run.run_id));
-    tr.addEventListener("keydown", (ev) => {
-      if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); select(run.run_id); }
-      else if (ev.key === "ArrowDown" && tr.nextElementSibling) { ev.preventDefault(); tr.nextElementSibling.focus(); }
-      else if (ev.key === "ArrowUp" && tr.previousElementSibling) { ev.preventDefault(); tr.previousElementSibling.focus(); }
-    });
+      el("td", { class: "c-status" }, el("span", { class: "badge " + run.status, text: run.status })),
+      el("td", { class: "c-run" }, el("a", { class: "subtype run-link", href: runHref(run.run_id), tabindex: "-1", text: run.subtype }),
+         el("div", { class: "rid", text: run.run_id })),
+      el("td", { class: "c-summary" }, el("span", { class: "summary clamp", title: run.summary && run.summary.length > 140 ? run.summary.slice(0, 1000) : null, text: run.summary || "" })),
+      el("td", { class: "c-started num" }, started === null ? "" :
+         el("time", { datetime: run.started_at, title: `${localTime(started)} (UTC ${run.started_at})`, "data-rel": String(started), text: relTime(started) })),
+      el("td", { class: "c-dur num elapsed", text: elapsed(run) }));
     return tr;
   }
 
-  function sorted() {
-    return [...runs.values()].sort((a, b) => (a.run_id < b.run_id ? 1 : a.run_id > b.run_id ? -1 : 0));
-  }
+  function sorted() { return [...runs.values()].sort((a, b) => (a.run_id < b.run_id ? 1 : a.run_id > b.run_id ? -1 : 0)); }
 
   function render() {
-    const focusedId = document.activeElement && document.activeElement.dataset
-      ? document.activeElement.dataset.runId : null;
+    const focusedId = document.activeElement && document.activeElement.dataset ? document.activeElement.dataset.runId : null;
     const list = sorted();
-    while (list.length > MAX_ROWS) runs.delete(list.pop().run_id);
-    const shown = list.filter(visible);
-    body.replaceChildren(...shown.map(rowFor));
+    while (list.length > MAX_RUNS) runs.delete(list.pop().run_id);
+    const shown = list.filter((r) => passes(r));
+    const focusTarget = focusedId && shown.some((r) => r.run_id === focusedId) ? focusedId : shown.length ? shown[0].run_id : null;
+    body.replaceChildren(...shown.map((r) => rowFor(r, r.run_id === focusTarget)));
+    const what = describeFilters();
     $("empty").hidden = shown.length > 0;
-    $("count").textContent = shown.length ? `(${shown.length})` : "";
-    if (focusedId) { const r = body.querySelector(`tr[data-run-id="${CSS.escape(focusedId)}"]`); if (r) r.focus(); }
+    $("empty").textContent = what ? `No loaded runs ${what}. ` : "No runs yet.";
+    if (what && !shown.length) $("empty").append(el("button", { type: "button", class: "small linkish", id: "empty-clear", text: "Clear filters" }));
+    $("count").textContent = shown.length ? `· ${shown.length} shown of ${list.length} loaded` : "";
+    counts(list);
+    charts(shown);
+    const floor = floors.get(serverKey());
+    $("load-older").hidden = floor === "";
+    $("older-note").textContent = floor === "" && list.length ? "All runs loaded." : "";
+    $("charts").hidden = list.length < 2;
+    if (focusedId) { const r = body.querySelector(`tr[data-run-id="${CSS.escape(focusTarget || "")}"]`); if (r && focusTarget === focusedId) r.focus(); }
+    if (selected && !(runs.has(selected) ? passes(runs.get(selected)) : true)) closeDetail(false);
+    const subs = [...new Set(list.map((r) => r.subtype))].sort();
+    if ($("subtypes").childElementCount !== subs.length) $("subtypes").replaceChildren(...subs.map((s) => el("option", { value: s })));
+  }
+
+  /** The deeper of two contiguity bounds ("" = everything; undefined = none known). */
+  function deeper(a, b) {
+    if (a === undefined) return b;
+    if (b === undefined) return a;
+    return a === "" || b === "" ? "" : (a < b ? a : b);
+  }
+  function counts(list) {
+    // Per status, of the loaded runs without gaps: a status loaded by its own filter
+    // may be known further back than the others.
+    const c = {}, any = floors.get(`${f.type.value}|`);
+    const floorOf = (s) => deeper(any, floors.get(`${f.type.value}|${s}`));
+    for (const r of list) {
+      if (!passes(r, true, true)) continue;
+      const floor = floorOf(r.status);
+      if (!floor || r.run_id >= floor || r.status === "running") c[r.status] = (c[r.status] || 0) + 1;
+    }
+    const box = $("status-counts");
+    box.replaceChildren(...CONFIG.statuses.filter((s) => c[s]).map((s) => el("button", {
+      type: "button", class: "chip " + s, "data-status": s, "aria-pressed": String(f.status.value === s),
+      title: `${c[s]} ${s} in the loaded runs; click to filter` }, el("span", { class: "dot " + s }), `${s} ${c[s]}`)));
+  }
+
+  let chartsTimer = null;
+  function charts(shown) {
+    if (!$("charts").open) return;
+    clearTimeout(chartsTimer);
+    chartsTimer = setTimeout(() => {
+      const box = $("charts-body"), w = box.clientWidth - 28;
+      box.replaceChildren(R.charts.runsOverTime(shown, w > 620 ? (w - 12) / 2 : w), R.charts.durationTrends(shown));
+    }, 150);
   }
 
   function tick() {
@@ -114,154 +148,167 @@
     }
   }
 
+  function merge(run) {
+    const old = runs.get(run.run_id);
+    if (!old || old.status === "running" || run.status !== "running") runs.set(run.run_id, run);
+  }
+
   function upsert(run, announce) {
     const old = runs.get(run.run_id);
-    // Never let a late "started" overwrite a completed run.
-    if (old && old.status !== "running" && run.status === "running") return;
+    if (old && old.status !== "running" && run.status === "running") return;  // a late "started"
     runs.set(run.run_id, run);
     if (announce) $("announce").textContent = `${run.subtype} ${run.status}`;
     render();
-    if (selected === run.run_id) showDetail(run.run_id, false);
+    if (selected === run.run_id && view) view.refresh();
   }
 
-  async function getJSON(url) {
-    const resp = await fetch(url, { headers: { Accept: "application/json" }, cache: "no-store" });
-    let data = null;
-    try { data = await resp.json(); } catch (e) { data = null; }
-    if (!resp.ok) throw new Error((data && data.error) || `HTTP ${resp.status}`);
-    return data;
-  }
-
-  async function loadRecent() {
-    const params = new URLSearchParams({ limit: "100" });
-    if (typeSel.value) params.set("type", typeSel.value);
-    if (statusSel.value) params.set("status", statusSel.value);
+  // -- loading --------------------------------------------------------------------------
+  async function load(before) {
+    const key = serverKey(), params = new URLSearchParams({ limit: String(PAGE) });
+    if (f.type.value) params.set("type", f.type.value);
+    if (f.status.value) params.set("status", f.status.value);
+    if (before) params.set("before", before);
     try {
       const data = await getJSON(`${CONFIG.api}/runs/recent?${params}`);
-      for (const run of data.runs) {
-        const old = runs.get(run.run_id);
-        if (!old || old.status === "running" || run.status !== "running") runs.set(run.run_id, run);
-      }
+      data.runs.forEach(merge);
+      const last = data.runs.length ? data.runs[data.runs.length - 1].run_id : null;
+      const prev = floors.get(key);
+      if (data.runs.length < PAGE && !data.truncated) floors.set(key, "");
+      else if (last && (prev === undefined || (prev !== "" && last < prev))) floors.set(key, last);
       $("notice").textContent = "";
     } catch (err) {
       $("notice").textContent = "Run history unavailable: " + err.message + " (live updates continue)";
     }
     render();
   }
+  async function loadRunning() {  // running runs are listed whenever the page opens
+    try { (await getJSON(`${CONFIG.api}/runs/recent?status=running&limit=${PAGE}`)).runs.forEach(merge); } catch (e) { /* the main load says it */ }
+    render();
+  }
+  $("load-older").addEventListener("click", async () => {
+    const btn = $("load-older"), key = serverKey();
+    const floor = floors.get(key) || sorted().filter((r) => passes(r)).map((r) => r.run_id).pop();
+    if (!floor) return;
+    btn.disabled = true;
+    const before = new Set(runs.keys());
+    await load(floor);
+    btn.disabled = false;
+    const added = [...runs.keys()].filter((k) => !before.has(k)).length;
+    $("older-note").textContent = floors.get(key) === "" ? `All runs loaded (${added} more).` : `${added} older runs loaded.`;
+  });
 
-  function select(runId) {
+  // -- detail ---------------------------------------------------------------------------
+  function narrow() { return window.matchMedia("(max-width: 900px)").matches; }
+  function select(runId, focusPanel) {
+    if (view) view.stop();
     selected = runId;
     for (const tr of body.rows) tr.setAttribute("aria-selected", String(tr.dataset.runId === runId));
-    showDetail(runId, true);
+    $("detail").hidden = false;
+    $("main").classList.add("has-detail");
+    document.body.classList.toggle("overlay", narrow());
+    view = R.runView($("detail-body"), runId, { page: false });
+    writeUrl();
+    const panel = $("detail");
+    panel.scrollTop = 0;
+    if (!narrow()) panel.scrollIntoView({ block: "nearest" });
+    if (focusPanel || narrow()) $("detail-close").focus({ preventScroll: !narrow() });
   }
-
-  function kv(obj) {
-    const dl = el("dl");
-    for (const [k, v] of Object.entries(obj || {})) {
-      dl.append(el("dt", { text: k }), el("dd", { text: typeof v === "string" ? v : JSON.stringify(v) }));
-    }
-    return dl;
+  function closeDetail(refocus) {
+    const was = selected;
+    if (view) view.stop();
+    view = null; selected = null;
+    $("detail").hidden = true;
+    $("main").classList.remove("has-detail");
+    document.body.classList.remove("overlay");
+    for (const tr of body.rows) tr.setAttribute("aria-selected", "false");
+    writeUrl();
+    if (refocus && was) { const r = body.querySelector(`tr[data-run-id="${CSS.escape(was)}"]`); if (r) r.focus(); }
   }
+  $("detail-close").addEventListener("click", () => closeDetail(true));
 
-  async function showDetail(runId, fetchIt) {
-    const pane = $("detail-body");
-    let run = runs.get(runId) || null, spans = null, note = null;
-    if (fetchIt || (run && run.status !== "running")) {
-      try {
-        const data = await getJSON(`${CONFIG.api}/runs/${encodeURIComponent(runId)}`);
-        run = data.run; spans = data.spans;
-      } catch (err) {
-        note = run && run.status === "running" ? "Still running; details appear when it completes."
-             : "Details not available yet: " + err.message;
-      }
-    }
-    if (selected !== runId || !run) { if (!run) pane.replaceChildren(el("p", { text: note || "Unknown run" })); return; }
-    const traceHref = run.trace_url || (CONFIG.traceUrl && run.trace_id
-      ? CONFIG.traceUrl.replace("{trace_id}", run.trace_id) : null);
-    const parts = [
-      el("button", { class: "close", type: "button", "aria-label": "Close run detail", text: "×" }),
-      el("h3", { class: "subtype", text: run.subtype }),
-      el("p", {}, el("span", { class: "badge " + run.status, text: run.status }), " ",
-         el("span", { class: "summary", text: run.summary || "" })),
-      kv({ run_id: run.run_id, type: run.type, started: run.started_at, ended: run.ended_at || "—",
-           duration: run.status === "running" ? "running" : fmtDuration(run.duration_ms),
-           service: run.service || "—", parent_run: run.parent_run_id || "—", trace_id: run.trace_id }),
-    ];
-    if (traceHref) parts.push(el("p", {}, el("a", { href: traceHref, target: "_blank", rel: "noopener",
-                                                    id: "trace-link", text: "Open trace ↗" })));
-    if (note) parts.push(el("p", { class: "summary", text: note }));
-    parts.push(el("h3", { text: "Metadata" }),
-      Object.keys(run.metadata || {}).length ? kv(run.metadata) : el("p", { class: "summary", text: "none" }));
-    parts.push(el("h3", { text: `Events (${(run.events || []).length})` }));
-    parts.push((run.events || []).length
-      ? el("ol", {}, ...run.events.map((e) => el("li", {}, el("strong", { text: e.name }), " ",
-          el("span", { class: "summary num", text: e.timestamp || "" }),
-          Object.keys(e.attributes || {}).length ? el("pre", { text: JSON.stringify(e.attributes, null, 1) }) : null)))
-      : el("p", { class: "summary", text: "none" }));
-    if (spans !== null) {
-      parts.push(el("h3", { text: `Child spans (${spans.length})` }));
-      parts.push(spans.length ? el("ul", { class: "plain" }, ...spans.map((s) => el("li", {},
-          el("span", { class: "subtype", text: s.name }), " ",
-          el("span", { class: "summary num", text: s.start_time_ns && s.end_time_ns
-            ? fmtDuration((s.end_time_ns - s.start_time_ns) / 1e6) + " · " + s.status : s.status }))))
-        : el("p", { class: "summary", text: "none" }));
-    }
-    pane.replaceChildren(...parts);
-    pane.querySelector("button.close").addEventListener("click", () => {
-      const row = body.querySelector(`tr[data-run-id="${CSS.escape(runId)}"]`);
-      selected = null; render();
-      pane.replaceChildren(el("p", { class: "summary", text: "Select a run to see its metadata, events and spans." }));
-      if (row) { const again = body.querySelector(`tr[data-run-id="${CSS.escape(runId)}"]`); if (again) again.focus(); }
-    });
+  body.addEventListener("click", (ev) => {
+    const tr = ev.target.closest("tr[data-run-id]");
+    if (!tr || ev.target.closest("a")) return;
+    select(tr.dataset.runId, false);
+  });
+  function moveFocus(delta) {
+    const rows = [...body.rows];
+    if (!rows.length) return;
+    const i = rows.indexOf(document.activeElement);
+    const next = rows[Math.max(0, Math.min(rows.length - 1, i < 0 ? 0 : i + delta))];
+    for (const r of rows) r.tabIndex = r === next ? 0 : -1;
+    next.focus();
   }
+  document.addEventListener("keydown", (ev) => {
+    const t = ev.target, typing = t.closest && t.closest("input, select, textarea");
+    if (ev.key === "Escape" && selected && !typing) { closeDetail(true); return; }
+    if (typing || ev.altKey || ev.ctrlKey || ev.metaKey) return;
+    const onRow = t.matches && t.matches("tr[data-run-id]");
+    if (ev.key === "j" || (onRow && ev.key === "ArrowDown")) { ev.preventDefault(); moveFocus(1); }
+    else if (ev.key === "k" || (onRow && ev.key === "ArrowUp")) { ev.preventDefault(); moveFocus(-1); }
+    else if (ev.key === "/") { ev.preventDefault(); search.focus(); }
+    else if (onRow && (ev.key === "Enter" || ev.key === " ")) { ev.preventDefault(); select(t.dataset.runId, true); }
+    else if (onRow && ev.key === "o") { location.href = runHref(t.dataset.runId); }
+  });
 
+  // -- filters and search ------------------------------------------------------------------
+  function filtersChanged(reload) { writeUrl(); render(); if (reload) load(); }
+  f.type.addEventListener("change", () => filtersChanged(true));
+  f.status.addEventListener("change", () => filtersChanged(true));
+  f.range.addEventListener("change", () => filtersChanged(false));
+  f.subtype.addEventListener("input", () => filtersChanged(false));
+  function clearAll() { search.value = ""; for (const n of Object.values(f)) n.value = ""; filtersChanged(true); }
+  $("clear-filters").addEventListener("click", clearAll);
+  $("empty").addEventListener("click", (ev) => { if (ev.target.id === "empty-clear") clearAll(); });
+  $("status-counts").addEventListener("click", (ev) => {
+    const b = ev.target.closest("button[data-status]");
+    if (!b) return;
+    f.status.value = f.status.value === b.dataset.status ? "" : b.dataset.status;
+    filtersChanged(true);
+  });
+  $("charts").addEventListener("toggle", () => render());
+  let resized = null;
+  window.addEventListener("resize", () => { clearTimeout(resized); resized = setTimeout(render, 200); });
+  R.autocomplete(search, suggest, () => filtersChanged(false));
+
+  // -- the live feed -----------------------------------------------------------------------
   function setConn(state, text) { const c = $("conn"); c.dataset.state = state; c.textContent = text; }
-
   function onEvent(ev) {
     if (ev.lastEventId) lastEventId = ev.lastEventId;
     let run;
     try { run = JSON.parse(ev.data); } catch (e) { return; }
     if (run && run.run_id) upsert(run, true);
   }
-
   function connect() {
     clearTimeout(reconnectTimer);
     reconnectTimer = null;
     if (source) source.close();
-    const url = `${CONFIG.api}/events` + (lastEventId ? `?last_event_id=${encodeURIComponent(lastEventId)}` : "");
-    source = new EventSource(url);
+    source = new EventSource(`${CONFIG.api}/events` + (lastEventId ? `?last_event_id=${encodeURIComponent(lastEventId)}` : ""));
     source.onopen = () => { backoff = 1000; setConn("live", "live"); };
     source.addEventListener("run:started", onEvent);
     source.addEventListener("run:completed", onEvent);
-    source.addEventListener("reset", (ev) => {
-      if (ev.lastEventId) lastEventId = ev.lastEventId;
-      loadRecent();
-    });
-    // On any error close the stream and retry later ourselves, with exponential back-off
-    // and jitter (a refused stream, 503 + Retry-After when the server's stream cap is
-    // reached, waits at least RETRY_AFTER_MS), instead of the browser's fixed `retry:`
-    // delay: many pages do not hammer a busy or restarting server in step. The retry
-    // resumes with ?last_event_id=.
+    source.addEventListener("reset", (ev) => { if (ev.lastEventId) lastEventId = ev.lastEventId; load(); });
+    // On an error: retry ourselves with exponential back-off and jitter (at least
+    // RETRY_AFTER_MS after a refusal such as 503), resuming with ?last_event_id=.
     source.onerror = () => {
-      const refused = source.readyState === EventSource.CLOSED;  // an HTTP error, e.g. 503
+      const refused = source.readyState === EventSource.CLOSED;
       source.close();
       setConn("connecting", "reconnecting…");
       if (reconnectTimer !== null) return;
       const base = refused ? Math.max(backoff, RETRY_AFTER_MS) : backoff;
-      const delay = base * (0.5 + Math.random());  // jitter: 0.5x..1.5x
       backoff = Math.min(backoff * 2, MAX_BACKOFF_MS);
-      reconnectTimer = setTimeout(() => { reconnectTimer = null; connect(); }, delay);
+      reconnectTimer = setTimeout(() => { reconnectTimer = null; connect(); }, base * (0.5 + Math.random()));
     };
-    // A watchdog reconnects if the stream is closed with no retry pending.
     window.clearInterval(connect.watchdog);
     connect.watchdog = window.setInterval(() => {
       if (source.readyState === EventSource.CLOSED && reconnectTimer === null) connect();
     }, 20000);
   }
 
-  typeSel.addEventListener("change", () => { render(); loadRecent(); });
-  statusSel.addEventListener("change", () => { render(); loadRecent(); });
+  readUrl();
+  writeUrl();
+  $("charts").open = !narrow();
   setInterval(tick, 1000);
   connect();
-  loadRecent();
+  load().then(loadRunning).then(() => { if (selected) select(selected, false); });
 })();

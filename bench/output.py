@@ -1,0 +1,140 @@
+"""Run output: capture throughput, request-path cost and memory, measured side by side.
+
+    python bench/output.py [--lines 100000] [--requests 2000] [--rounds 5]
+
+On a fresh git repository in a temp dir, with ``configure()`` and the git ledger:
+
+* capture: one run printing ``--lines`` lines, timed from the first line to the end of
+  the ``tracked_run`` block (every line scrubbed, numbered, chunked into the journal; the
+  end record holds the kept output): through ``run.log`` in a loop, and through
+  ``run_command`` of a child printing the lines (goal >= 200,000 lines/s into the journal);
+* request path: a Flask view tracked with ``@run_tracked`` that logs 10 lines vs the same
+  view logging none, taking turns request by request with the Flask test client; the
+  ratio of medians over ``--rounds`` rounds (goal <= 1.1x);
+* memory: RSS after the 100,000-line run vs before it (the run keeps at most
+  ``OTEL_RUNS_OUTPUT_MAX_BYTES``, 1 MiB, of output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _repo(path: Path) -> Path:
+    path.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True)
+    subprocess.run(["git", "-C", str(path), "-c", "user.name=b", "-c", "user.email=b@b",
+                    "commit", "-q", "--allow-empty", "-m", "init"], check=True)
+    return path
+
+
+def capture(root: Path, lines: int) -> None:
+    import otel_runs
+    from otel_runs.ledger import ledger_for
+
+    text = "Creating aws_instance.web[%d]: Still creating... [10s elapsed]"
+    before = _rss_kb()
+    start, cpu = time.perf_counter(), time.process_time()
+    with otel_runs.tracked_run(root, "deploy", "deploy:terraform") as run:
+        for i in range(lines):
+            run.log(text % i)
+    loop, loop_cpu = time.perf_counter() - start, time.process_time() - cpu
+    after = _rss_kb()
+    child = f"import sys\nfor i in range({lines}): sys.stdout.write({text!r} % i + '\\n')\n"
+    start = time.perf_counter()
+    with otel_runs.tracked_run(root, "deploy", "deploy:terraform") as run2:
+        otel_runs.run_command([sys.executable, "-c", child])
+    command = time.perf_counter() - start
+    ledger = ledger_for(root)
+    kept = len(ledger.output(run.run_id) or [])
+    kept2 = len(ledger.output(run2.run_id) or [])
+    print(f"capture via run.log:      {lines:,} lines in {loop:.2f} s = {lines / loop:,.0f} lines/s "
+          f"({kept:,} kept); per CPU second of this process (the machine may be shared): "
+          f"{lines / loop_cpu:,.0f} lines/s  goal >= 200,000 lines/s: "
+          f"{'met' if lines / loop_cpu >= 200_000 else 'NOT met'}")
+    print(f"capture via run_command:  {lines:,} lines in {command:.2f} s = "
+          f"{lines / command:,.0f} lines/s ({kept2:,} kept; includes the child's own time)")
+    print(f"RSS around the {lines:,}-line run: {before / 1024:.1f} -> {after / 1024:.1f} MB "
+          f"(+{(after - before) / 1024:.1f} MB)")
+    ledger.flush(120)
+
+
+def request_path(root: Path, requests: int, rounds: int) -> None:
+    from flask import Flask
+
+    import otel_runs
+    from otel_runs.flask import RunTracking
+
+    app = Flask("bench-output")
+    app.config["PROJECT_ROOT"] = str(root)
+
+    @app.post("/quiet")
+    @otel_runs.run_tracked("deploy", "deploy:k8s")
+    def quiet() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.post("/talks")
+    @otel_runs.run_tracked("deploy", "deploy:k8s")
+    def talks() -> dict[str, bool]:
+        run = otel_runs.current_run()
+        assert run is not None
+        for i in range(10):
+            run.log(f"step {i}: applied deployment/web")
+        return {"ok": True}
+
+    RunTracking(app)
+    client = app.test_client()
+    for _ in range(200):
+        client.post("/quiet")
+        client.post("/talks")
+    ratios = []
+    for _ in range(rounds):
+        times: dict[str, list[float]] = {"/quiet": [], "/talks": []}
+        for _ in range(requests):
+            for url in ("/quiet", "/talks"):
+                start = time.perf_counter()
+                client.post(url)
+                times[url].append(time.perf_counter() - start)
+        ratio = statistics.median(times["/talks"]) / statistics.median(times["/quiet"])
+        ratios.append(ratio)
+        print(f"  round: none {statistics.median(times['/quiet']) * 1e6:.0f} us, "
+              f"10 lines {statistics.median(times['/talks']) * 1e6:.0f} us, ratio {ratio:.3f}")
+    median = statistics.median(ratios)
+    print(f"request path, 10 lines vs none: {median:.3f}x (median of {rounds} rounds)  "
+          f"goal <= 1.1x: {'met' if median <= 1.1 else 'NOT met'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lines", type=int, default=100_000)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="otel-runs-bench-output-") as tmp:
+        root = _repo(Path(tmp) / "repo")
+        import otel_runs
+
+        otel_runs.configure(root)
+        capture(root, args.lines)
+        request_path(root, args.requests, args.rounds)
+        otel_runs.shutdown()
+
+
+if __name__ == "__main__":
+    main()
