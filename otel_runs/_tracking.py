@@ -287,7 +287,8 @@ class RunScope:
         if h._events_dropped or self._entry.spans_dropped:
             self._add_markers(h)
         if exc_attributes is not None:
-            span.record_exception(exc, attributes=exc_attributes)
+            # (escaped: the exception leaves the run's block; tracked_run re-raises it)
+            span.record_exception(exc, attributes=exc_attributes, escaped=True)
             used += sum(len(v) for v in exc_attributes.values())
         final: dict[str, Any] = {A.RUN_STATUS: status,
                                  A.CICD_PIPELINE_RESULT: A.RESULT_OF_STATUS[status]}

@@ -84,6 +84,9 @@ def test_span_status_and_exception_recorded_on_the_span(collector) -> None:  # n
     spans = [s for s in _finished_run_spans(collector) if s.attributes["run.id"] == run.run_id]
     assert spans[0].status.status_code is StatusCode.ERROR
     assert spans[0].name == "test:run"
+    (event,) = [e for e in spans[0].events if e.name == "exception"]
+    assert event.attributes["exception.type"] == "ValueError"
+    assert event.attributes["exception.escaped"] == "True"  # it left the run's block
 
 
 def test_span_status_is_unset_for_ok_and_cancelled_runs(collector) -> None:  # noqa: ANN001
