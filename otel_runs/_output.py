@@ -108,7 +108,7 @@ class RunOutput:
         self._start = start_ns / 1e9
         self.max_bytes = output_max_bytes() if max_bytes is None else max_bytes
         self._lock = threading.Lock()
-        self._send_lock = threading.Lock()  # chunks reach the sinks in order
+        self._send_lock = threading.RLock()  # chunks reach the sinks in order (a sink that logs inside the run may flush again)
         self._n = 0
         self._head: list[dict[str, Any]] = []
         self._head_bytes = 0
