@@ -108,7 +108,9 @@ class RunOutput:
         self._start = start_ns / 1e9
         self.max_bytes = output_max_bytes() if max_bytes is None else max_bytes
         self._lock = threading.Lock()
-        self._send_lock = threading.RLock()  # chunks reach the sinks in order (a sink that logs inside the run may flush again)
+        # Chunks reach the sinks in order; re-entrant: a sink that logs inside the run may
+        # make this thread flush again.
+        self._send_lock = threading.RLock()
         self._n = 0
         self._head: list[dict[str, Any]] = []
         self._head_bytes = 0
@@ -136,8 +138,8 @@ class RunOutput:
         if self.closed:
             return
         t = round(time.time() - self._start, 3)
-        with self._lock:
-            if partial:
+        if partial:
+            with self._lock:
                 text = self._partial.pop(stream, "") + text
                 if not text.endswith("\n"):
                     text, _, rest = text.rpartition("\n")
@@ -145,13 +147,15 @@ class RunOutput:
                         self._partial[stream] = rest
                     if not text:
                         return
-            if text.endswith("\n"):
-                text = text[:-1]
+        if text.endswith("\n"):
+            text = text[:-1]
+        # Cleaned (scrubbed) before the lock: other threads of the run do not wait for it.
+        cleaned = [clean_line(raw) for raw in (text.split("\n") if "\n" in text else (text,))]
+        with self._lock:
             unsent = self._unsent
             added = 0
             n = self._n
-            for raw in text.split("\n") if "\n" in text else (text,):
-                clean = clean_line(raw)
+            for clean in cleaned:
                 line: dict[str, Any] = {"n": n, "t": t, "stream": stream, "text": clean}
                 if level is not None:
                     line["level"] = level

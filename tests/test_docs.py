@@ -320,3 +320,20 @@ def test_submodules_are_attributes_of_the_package(tmp_path: Path) -> None:
     import otel_runs
 
     assert out.stdout.split() == ["79", "RunTracking", "tracked_run", otel_runs.__version__]
+
+
+def test_the_secret_key_table_in_security_md_is_what_the_scrubber_does() -> None:
+    """Every key name in the ``| secret | not secret |`` table is classified as it says."""
+    from otel_runs.redaction import is_secret_key
+
+    text = (REPO / "docs" / "security.md").read_text()
+    table = text[text.index("| secret | not secret |"):].split("\n\n", 1)[0]
+    rows = [ln for ln in table.splitlines()[2:] if ln.startswith("|")]
+    assert len(rows) >= 5
+    for row in rows:
+        secret, plain = row.strip("|").split("|")
+        for name in re.findall(r"`([^`]+)`", secret):
+            if name not in ("SECRET_KEY_PARTS", "_id"):  # (the prose naming a word)
+                assert is_secret_key(name), name
+        for name in re.findall(r"`([^`]+)`", plain):
+            assert not is_secret_key(name), name

@@ -25,6 +25,16 @@ def segments(ledger: Ledger) -> list[Path]:
     return sorted(Path(ledger.journal_dir).glob("*.jsonl"))
 
 
+def thirty_recorded(repo: Path) -> tuple[Ledger, list[Run], Path]:
+    """A ledger with 30 runs recorded (20 of them spilled) and its one journal segment."""
+    ledger = Ledger(repo)
+    runs = [Run(new_run_id(), "deploy", "deploy:k8s", status="ok") for _ in range(30)]
+    for run in runs:
+        ledger.record(run, [])
+    (segment,) = segments(ledger)
+    return ledger, runs, segment
+
+
 @pytest.fixture
 def backlog(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_pending, "KEEP_LINES", 10)
@@ -111,12 +121,8 @@ def test_a_spilled_line_that_cannot_be_read_now_waits_and_is_not_lost(
         git_repo: Path, backlog: None) -> None:
     """The segment reads short (here: truncated under the writer): nothing is made of it,
     ``flush`` says False; once it reads again every run is committed."""
-    ledger = Ledger(git_repo)
+    ledger, runs, segment = thirty_recorded(git_repo)
     try:
-        runs = [Run(new_run_id(), "deploy", "deploy:k8s", status="ok") for _ in range(30)]
-        for run in runs:
-            ledger.record(run, [])
-        (segment,) = segments(ledger)
         data = segment.read_bytes()
         os.truncate(segment, 0)
         assert not ledger.flush(1.5)
@@ -131,12 +137,8 @@ def test_a_spilled_line_that_cannot_be_read_now_waits_and_is_not_lost(
 
 def test_a_spilled_line_that_is_not_a_run_is_quarantined_and_the_others_committed(
         git_repo: Path, backlog: None) -> None:
-    ledger = Ledger(git_repo)
+    ledger, runs, segment = thirty_recorded(git_repo)
     try:
-        runs = [Run(new_run_id(), "deploy", "deploy:k8s", status="ok") for _ in range(30)]
-        for run in runs:
-            ledger.record(run, [])
-        (segment,) = segments(ledger)
         data = segment.read_bytes()
         lines = data.splitlines(keepends=True)
         ends = [i for i, line in enumerate(lines) if line.startswith(b'{"e":"end"')]

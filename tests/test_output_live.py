@@ -187,3 +187,28 @@ def test_many_lines_are_journaled_in_chunks_not_one_write_per_line(
         assert 0 < chunks <= rate_lines // 100  # (512 lines or 64 KiB a chunk)
     assert ledger.flush(60)
     assert len(ledger.output(run.run_id) or []) > 0
+
+
+def test_the_journal_views_chunk_index_is_bounded_per_open_run(
+        git_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tested full: past MAX_OUTPUT_CHUNKS chunks of one open run the view indexes no
+    more of them (a running run shows its first chunks); once the run ends, its end record
+    holds every line."""
+    from otel_runs.ledger import _journal_view
+
+    monkeypatch.setattr(_journal_view, "MAX_OUTPUT_CHUNKS", 3)
+    otel_runs.configure(git_repo)
+    with otel_runs.tracked_run(git_repo, "test", "test:pytest") as run:
+        out = run.output_buffer()
+        assert out is not None
+        for chunk in range(6):
+            run.log(f"chunk {chunk}")
+            out.flush()  # one journal record each
+        reader = Ledger(git_repo)
+        try:
+            assert [line["text"] for line in reader.output(run.run_id) or []] == [
+                "chunk 0", "chunk 1", "chunk 2"]
+        finally:
+            reader.close()
+    assert [line["text"] for line in ledger_for(git_repo).output(run.run_id) or []] == [
+        f"chunk {i}" for i in range(6)]

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 from urllib.parse import urlparse
 
 from opentelemetry.sdk.environment_variables import (
@@ -293,7 +294,55 @@ class QuietExporter(SpanExporter):
         return self.exporter.force_flush(timeout_millis)
 
 
-class OTLPSpanProcessor(BatchSpanProcessor):
+class BoundedFlush:
+    """``force_flush`` / ``shutdown`` that never wait longer than about one (two) export
+    timeout(s) for a collector that hangs: the SDK's flush runs in a thread of its own,
+    one at a time. Mixed into the span and log batch processors (before the SDK class)."""
+
+    timeout: float
+    quiet_exporter: Any
+    _batch_processor: Any
+    _flush_what = "OTLP"
+
+    def _init_bounded_flush(self) -> None:
+        self._flush_lock = threading.Lock()
+        self._flush_done: threading.Event | None = None
+
+    def _sdk_flush(self) -> None:
+        """The SDK processor's own (unbounded) flush."""
+        raise NotImplementedError
+
+    def force_flush(self, timeout_millis: int | None = None) -> bool:
+        """Export what is queued; waits at most ``min(timeout_millis, export timeout)``.
+        True when everything queued was handed to the exporter in time."""
+        wait_s = self.timeout if timeout_millis is None else min(timeout_millis / 1000, self.timeout)
+        with self._flush_lock:
+            done = self._flush_done
+            if done is None or done.is_set():
+                done = self._flush_done = threading.Event()
+                threading.Thread(target=self._flush_in_background, args=(done,),
+                                 name="otel-runs-otlp-flush", daemon=True).start()
+        return done.wait(max(wait_s, 0.0))
+
+    def _flush_in_background(self, done: threading.Event) -> None:
+        try:
+            self._sdk_flush()
+        except Exception:
+            logger.debug("otel-runs: %s flush failed", self._flush_what, exc_info=True)
+        finally:
+            done.set()
+
+    def shutdown(self) -> None:
+        """Export what is queued and stop; waits at most about two export timeouts
+        (a collector that hangs: the pending export is abandoned, its data dropped)."""
+        if not self.force_flush():
+            # Still stuck on the collector: make the exporter give up its retries now
+            # (the SDK would only do so after waiting for its worker thread).
+            self.quiet_exporter.shutdown()
+        self._batch_processor.shutdown(timeout_millis=int(self.timeout * 1000))
+
+
+class OTLPSpanProcessor(BoundedFlush, BatchSpanProcessor):
     """The SDK's ``BatchSpanProcessor`` (bounded queue, ``OTEL_BSP_*`` settings,
     sampled spans only) with a :class:`QuietExporter` and bounded flush/shutdown:
     neither waits longer than one export timeout for a collector that hangs.
@@ -310,8 +359,10 @@ class OTLPSpanProcessor(BatchSpanProcessor):
         batch_size = min(BatchSpanProcessor._default_max_export_batch_size(), queue_size)
         super().__init__(self.quiet_exporter, max_queue_size=queue_size,
                          max_export_batch_size=batch_size)
-        self._flush_lock = threading.Lock()
-        self._flush_done: threading.Event | None = None
+        self._init_bounded_flush()
+
+    def _sdk_flush(self) -> None:
+        BatchSpanProcessor.force_flush(self)
 
     @property
     def max_queue_size(self) -> int:
@@ -322,35 +373,6 @@ class OTLPSpanProcessor(BatchSpanProcessor):
     def queued(self) -> int:
         """Spans currently waiting for export."""
         return len(self._batch_processor._queue)
-
-    def force_flush(self, timeout_millis: int | None = None) -> bool:
-        """Export what is queued; waits at most ``min(timeout_millis, export timeout)``.
-        True when everything queued was handed to the exporter in time."""
-        wait_s = self.timeout if timeout_millis is None else min(timeout_millis / 1000, self.timeout)
-        with self._flush_lock:
-            done = self._flush_done
-            if done is None or done.is_set():
-                done = self._flush_done = threading.Event()
-                threading.Thread(target=self._flush_in_background, args=(done,),
-                                 name="otel-runs-otlp-flush", daemon=True).start()
-        return done.wait(max(wait_s, 0.0))
-
-    def _flush_in_background(self, done: threading.Event) -> None:
-        try:
-            BatchSpanProcessor.force_flush(self)
-        except Exception:
-            logger.debug("otel-runs: OTLP flush failed", exc_info=True)
-        finally:
-            done.set()
-
-    def shutdown(self) -> None:
-        """Export what is queued and stop; waits at most about two export timeouts
-        (a collector that hangs: the pending export is abandoned, its spans dropped)."""
-        if not self.force_flush():
-            # Still stuck on the collector: make the exporter give up its retries now
-            # (the SDK would only do so after waiting for its worker thread).
-            self.quiet_exporter.shutdown()
-        self._batch_processor.shutdown(timeout_millis=int(self.timeout * 1000))
 
 
 def otlp_processor(endpoint: str | None) -> OTLPSpanProcessor | None:

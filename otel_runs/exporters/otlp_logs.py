@@ -51,6 +51,7 @@ from .otlp import (
     DEFAULT_TIMEOUT_S,
     ERROR_LOG_INTERVAL_S,
     PROTOCOLS,
+    BoundedFlush,
     _install_log_filter,
     capture_export_logs,
 )
@@ -197,7 +198,7 @@ class QuietLogExporter(LogRecordExporter):
         return bool(self.exporter.force_flush(timeout_millis))
 
 
-class OTLPLogProcessor(BatchLogRecordProcessor):
+class OTLPLogProcessor(BoundedFlush, BatchLogRecordProcessor):
     """The SDK's ``BatchLogRecordProcessor`` (bounded queue) with a
     :class:`QuietLogExporter`; flush and shutdown wait at most about one (two) export
     timeout(s) for a collector that hangs."""
@@ -211,8 +212,12 @@ class OTLPLogProcessor(BatchLogRecordProcessor):
         batch_size = min(BatchLogRecordProcessor._default_max_export_batch_size(), queue_size)
         super().__init__(self.quiet_exporter, max_queue_size=queue_size,
                          max_export_batch_size=batch_size)
-        self._flush_lock = threading.Lock()
-        self._flush_done: threading.Event | None = None
+        self._init_bounded_flush()
+
+    _flush_what = "OTLP log"
+
+    def _sdk_flush(self) -> None:
+        BatchLogRecordProcessor.force_flush(self)
 
     @property
     def max_queue_size(self) -> int:
@@ -223,31 +228,6 @@ class OTLPLogProcessor(BatchLogRecordProcessor):
     def queued(self) -> int:
         """Records currently waiting for export."""
         return len(self._batch_processor._queue)
-
-    def force_flush(self, timeout_millis: int | None = None) -> bool:
-        """Export what is queued; waits at most ``min(timeout_millis, export timeout)``."""
-        wait_s = self.timeout if timeout_millis is None else min(timeout_millis / 1000, self.timeout)
-        with self._flush_lock:
-            done = self._flush_done
-            if done is None or done.is_set():
-                done = self._flush_done = threading.Event()
-                threading.Thread(target=self._flush_in_background, args=(done,),
-                                 name="otel-runs-otlp-logs-flush", daemon=True).start()
-        return done.wait(max(wait_s, 0.0))
-
-    def _flush_in_background(self, done: threading.Event) -> None:
-        try:
-            BatchLogRecordProcessor.force_flush(self)
-        except Exception:
-            logger.debug("otel-runs: OTLP log flush failed", exc_info=True)
-        finally:
-            done.set()
-
-    def shutdown(self) -> None:
-        """Export what is queued and stop, bounded like the span export."""
-        if not self.force_flush():
-            self.quiet_exporter.shutdown()
-        self._batch_processor.shutdown(timeout_millis=int(self.timeout * 1000))
 
 
 def otlp_log_processor(endpoint: str | None) -> OTLPLogProcessor:
