@@ -6,6 +6,7 @@ and :mod:`otel_runs._page`."""
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -16,7 +17,7 @@ from ._ids import InvalidRunId, validate_run_id
 from ._model import Run
 
 __all__ = ["ApiError", "blueprint", "choice_arg", "error_response", "int_arg", "known_run",
-           "project_ledger",
+           "project_ledger", "range_args", "text_arg", "time_arg",
            "trace_url_template", "with_trace_url"]
 
 logger = logging.getLogger("otel_runs.api")
@@ -126,6 +127,50 @@ def choice_arg(name: str, choices: Any) -> str | None:
     if value not in choices:
         raise ApiError(400, f"unknown {name} {value[:40]!r}; valid: {', '.join(sorted(choices))}")
     return value
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+#: 9999-12-31T23:59:59.999Z in ms since the epoch: the latest time a run id can hold.
+_MAX_EPOCH_MS = 253_402_300_799_999
+
+
+def time_arg(name: str) -> datetime | None:
+    """A time: ASCII digits only are milliseconds since the epoch (UTC); anything else
+    must be ISO 8601 with a time zone (``2026-12-02T10:15:00Z``, ``...+01:00``)."""
+    raw = request.args.get(name, "").strip()
+    if not raw:
+        return None
+    expected = (f"{name} must be ISO 8601 with a time zone (e.g. 2026-12-02T10:15:00Z) "
+                f"or milliseconds since the epoch, got {raw[:40]!r}")
+    if len(raw) > 40 or not raw.isascii():
+        raise ApiError(400, expected)
+    if raw.isdigit():
+        if int(raw) > _MAX_EPOCH_MS:
+            raise ApiError(400, f"{name} is past the year 9999, got {raw[:40]!r}")
+        return _EPOCH + timedelta(milliseconds=int(raw))
+    try:
+        at = datetime.fromisoformat(raw)
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise ApiError(400, f"{name} needs a time zone (Z or +HH:MM), got {raw[:40]!r}")
+        return at.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
+        raise ApiError(400, expected) from None
+
+
+def range_args() -> tuple[datetime | None, datetime | None]:
+    """``since`` and ``until`` (:func:`time_arg`); 400 when ``since`` is after ``until``."""
+    since, until = time_arg("since"), time_arg("until")
+    if since is not None and until is not None and since > until:
+        raise ApiError(400, f"since ({since.isoformat()}) is after until ({until.isoformat()})")
+    return since, until
+
+
+def text_arg(name: str, maximum: int) -> str | None:
+    """A free text argument (stripped; None when empty); 400 past ``maximum`` characters."""
+    value = request.args.get(name, "").strip()
+    if len(value) > maximum:
+        raise ApiError(400, f"{name} is longer than {maximum} characters")
+    return value or None
 
 
 def with_trace_url(run: Run) -> dict[str, Any]:

@@ -3,8 +3,10 @@
 - ``GET /api/events``: ``text/event-stream`` of the app's hub (``run:started``,
   ``run:completed``, anything the host app publishes); resumes after
   ``Last-Event-ID`` (header, or ``?last_event_id=`` for a manual reconnect).
-- ``GET /api/runs/recent?limit=50&type=&status=&before=``: newest first, ``limit`` <= 500,
-  at most 4 MiB of runs (then ``"truncated": true``); ``before=<run_id>`` pages to older runs.
+- ``GET /api/runs/recent?limit=50&type=&status=&subtype=&since=&until=&before=``: newest
+  first, ``limit`` <= 500, at most 4 MiB of runs (then ``"truncated": true``);
+  ``before=<run_id>`` pages to older runs (see :func:`recent_runs` for the filters).
+- ``GET /api/runs/counts?type=&subtype=&since=&until=``: runs per status of that filter.
 - ``GET /api/runs/<run_id>``: the run with its events and child spans.
 - ``GET /api/runs/search?q=&limit=10``: ``@run:`` autocomplete items.
 - ``GET /runs``: the live runs page (its script and style: ``/runs/assets/<name>``);
@@ -53,6 +55,8 @@ from ._api_base import (
     int_arg,
     known_run,
     project_ledger,
+    range_args,
+    text_arg,
     trace_url_template,
     with_trace_url,
 )
@@ -71,6 +75,8 @@ MAX_RECENT_LIMIT = 500
 #: Most bytes of runs in one ``/api/runs/recent`` answer (one run is at most 256 KiB); past
 #: it the list stops early and says ``"truncated": true``.
 MAX_RECENT_BYTES = 4 << 20
+#: Longest ``subtype`` filter accepted (the ledger's index lines keep 200 characters).
+MAX_SUBTYPE_FILTER = 200
 #: Largest ``limit`` accepted by ``/api/runs/search``.
 MAX_SEARCH_LIMIT = 50
 _MAX_QUERY = 200
@@ -84,19 +90,30 @@ _page.add_routes(blueprint)  # /runs/<run_id>, /favicon.ico
 
 @blueprint.get("/api/runs/recent")
 def recent_runs() -> Response:
-    """``{"runs": [Run...], "limit": n}``, newest first; filters ``type``, ``status``;
-    ``before=<run_id>``: the page of runs older than that one (a cursor)."""
+    """``{"runs": [Run...], "limit": n, "truncated": bool}``, newest first.
+
+    Filters, all combinable: ``type``, ``status``, ``subtype`` (runs whose subtype
+    contains this text, case-insensitive), ``since`` / ``until`` (runs started at or
+    after ``since`` and before ``until``: each either ISO 8601 with a time zone, e.g.
+    ``2026-12-02T10:15:00Z`` or ``...+01:00``, or ASCII digits only, read as
+    milliseconds since the epoch; compared to the millisecond). ``before=<run_id>``:
+    the page of runs older than that one (a cursor; keep the same filters). A bad
+    value of any of them is a 400.
+    """
     limit = int_arg("limit", 50, MAX_RECENT_LIMIT)
     run_type = choice_arg("type", RUN_TYPES)
     status = choice_arg("status", STATUSES)
+    subtype = text_arg("subtype", MAX_SUBTYPE_FILTER)
+    since, until = range_args()
     before = request.args.get("before", "").strip() or None
     if before is not None:
         try:
             validate_run_id(before)
         except InvalidRunId as exc:
             raise ApiError(400, f"before: {exc}") from None
-    paging = {"before": before} if before is not None else {}
-    runs = project_ledger().recent(limit=limit, type=run_type, status=status, **paging)
+    narrowed = {k: v for k, v in (("before", before), ("subtype", subtype), ("since", since),
+                                  ("until", until)) if v is not None}
+    runs = project_ledger().recent(limit=limit, type=run_type, status=status, **narrowed)
     out: list[dict[str, Any]] = []
     size = 0
     for run in runs:  # the body is bounded in bytes too: a page of big runs stops early
@@ -106,6 +123,24 @@ def recent_runs() -> Response:
             break
         out.append(data)
     return jsonify({"runs": out, "limit": limit, "truncated": len(out) < len(runs)})
+
+
+@blueprint.get("/api/runs/counts")
+def run_counts() -> Response:
+    """``{"counts": {status: n, ...}, "total": n, "exact": bool}``: how many runs of the
+    filter (``type``, ``subtype``, ``since``, ``until`` as ``/api/runs/recent`` takes
+    them) there are per status, committed or not (running runs too), each run once.
+    Every status is listed (0 when none). ``exact`` is false when there were more runs
+    not committed yet than one count reads (``MAX_JOURNAL_COUNT``): then the counts are
+    lower bounds. Committed runs are counted from an index kept up to date incrementally,
+    never by reading them."""
+    run_type = choice_arg("type", RUN_TYPES)
+    subtype = text_arg("subtype", MAX_SUBTYPE_FILTER)
+    since, until = range_args()
+    got = project_ledger().counts(type=run_type, subtype=subtype, since=since, until=until)
+    counts = dict.fromkeys(STATUSES, 0)
+    counts.update(got.counts)
+    return jsonify({"counts": counts, "total": got.total, "exact": got.exact})
 
 
 @blueprint.get("/api/runs/search")

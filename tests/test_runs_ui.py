@@ -310,3 +310,64 @@ def test_no_serious_accessibility_violations(site: Site, browser: Any, viewport:
         if scheme == "dark":
             page.screenshot(path=str(shots / f"dark-{which}-{viewport}.png"))
     tab.context.close()
+
+
+def test_counts_come_from_the_server_and_filters_survive_reload_and_load_older(
+        site: Site, browser: Any, shots: Path) -> None:
+    """The counts per status are the server's for the filter (not of the loaded runs), a
+    subtype and time range filter is sent with every page asked (load older too), kept
+    in the URL, and the counts follow live runs."""
+    tab = Page(browser, VIEWPORTS["laptop"])
+    page = tab.page
+    asked: list[str] = []
+    page.on("request", lambda req: asked.append(req.url) if "/api/runs/" in req.url else None)
+    page.goto(site.url + "/runs?subtype=scan:deps&range=24h")
+    rows = page.locator("#runs-body tr")
+    expect(rows).to_have_count(100)
+    server = requests.get(site.url + "/api/runs/counts?subtype=scan:deps", timeout=30).json()
+    assert server["total"] == SEEDED + 1 and server["exact"] is True  # more than a page
+
+    def shows(counts: dict[str, int]) -> None:
+        for status, n in counts.items():
+            chip = page.locator(f'#status-counts button[data-status="{status}"]')
+            if n:
+                expect(chip).to_have_attribute("data-count", str(n))
+                expect(chip).to_contain_text(f"{status} {n}")
+            else:
+                expect(chip).to_have_count(0)
+
+    shows(server["counts"])
+    expect(page.locator("#count")).to_contain_text(f"100 shown of {server['total']}")
+    page.reload()
+    expect(page.locator("#filter-subtype")).to_have_value("scan:deps")
+    expect(page.locator("#filter-range")).to_have_value("24h")
+    expect(rows).to_have_count(100)
+    shows(server["counts"])
+    page.locator("#load-older").click()
+    expect(rows).to_have_count(SEEDED + 1)
+    expect(page.locator("#older-note")).to_contain_text("All runs loaded")
+    assert set(page.locator("#runs-body .subtype").all_inner_texts()) == {"scan:deps"}
+    listed = [u for u in asked if "/api/runs/recent" in u and "status=running" not in u]
+    assert any("before=" in u for u in listed)
+    assert all("subtype=scan%3Adeps" in u and "since=" in u for u in listed), listed
+    assert all("subtype=scan%3Adeps" in u for u in asked if "/api/runs/counts" in u)
+    page.locator('#status-counts button[data-status="failed"]').click()
+    expect(rows).to_have_count(server["counts"]["failed"])
+    expect(page.locator("#filter-status")).to_have_value("failed")
+    shows(server["counts"])  # still every status of the filter
+    page.screenshot(path=str(shots / "list-server-counts-laptop.png"), full_page=True)
+    # Live: a new run of the filter is counted (the counts are asked again, throttled).
+    page.locator('#status-counts button[data-status="failed"]').click()
+    page.fill("#filter-subtype", "ci:pipeline")
+    ci = requests.get(site.url + "/api/runs/counts?subtype=ci:pipeline", timeout=30).json()
+    shows(ci["counts"])
+    site.post("/ci")
+    shows({**ci["counts"], "ok": ci["counts"]["ok"] + 1})
+    page.fill("#filter-subtype", "no-such-subtype")
+    expect(rows).to_have_count(0)
+    expect(page.locator("#empty")).to_contain_text("No runs")
+    expect(page.locator("#empty")).to_contain_text("no-such-subtype")
+    expect(page.locator("#empty")).to_contain_text("last 24 hours")
+    expect(page.locator("#status-counts button")).to_have_count(0)
+    tab.context.close()
+    assert tab.errors == []

@@ -10,6 +10,7 @@ reason as summary, an ``interrupted`` event).
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import json
 import os
@@ -17,7 +18,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -320,15 +321,25 @@ class ViewRead:
         return out, True
 
     def runs(self, type: str | None = None,  # noqa: A002 - API name
-             finished: bool | None = None, needles: tuple[bytes, ...] = ()) -> Iterator[Found]:
-        """Every journaled run (of ``type``; only finished / only open ones), newest
-        first. The candidates (and their segments' descriptors) are taken now, their
-        lines decoded as consumed; with ``needles``, only lines that hold each of them
-        (lower-cased ASCII) are decoded."""
+             finished: bool | None = None, needles: tuple[bytes, ...] = (),
+             lo: str = "", hi: str | None = None) -> Iterator[Found]:
+        """Every journaled run (of ``type``; only finished / only open ones; with an id
+        at or above ``lo`` and below ``hi``), newest first. The candidates (and their
+        segments' descriptors) are taken now, their lines decoded as consumed; with
+        ``needles``, only lines that hold each of them (lower-cased ASCII) are decoded."""
         view, cands = self._view, []
         with view._state:
-            ids = sorted(view._opens, reverse=True) if finished is False \
-                else reversed(view._order)
+            ids: Iterable[str]
+            if finished is False:
+                ids = sorted((r for r in view._opens if r >= lo and (hi is None or r < hi)),
+                             reverse=True)
+            elif lo or hi is not None:
+                order = view._order
+                first = bisect.bisect_left(order, lo) if lo else 0
+                last = len(order) if hi is None else bisect.bisect_left(order, hi)
+                ids = reversed(order[first:last])
+            else:
+                ids = reversed(view._order)
             for rid in ids:
                 loc = view._ends.get(rid)
                 if loc is None and finished:

@@ -28,9 +28,11 @@ from typing import Any
 
 from .._ids import validate_run_id
 from .._model import Run
+from ._filter import RunFilter
 from ._journal_view import JournalView, journal_view
 from ._journal_view_read import Found, ViewRead
 from ._pending import Pending, shared_entries, shared_entry
+from ._tally import MAX_JOURNAL_COUNT, RunCounts, committed_in, tally_of
 
 __all__ = ["Reading", "matches", "merge", "merge_iter", "pending_runs", "to_run"]
 
@@ -110,7 +112,7 @@ def _split(found: Iterable[Found], committed: set[str]
 
 
 class Reading:
-    """``get``, ``spans``, ``recent``, ``search``, ``iter_runs`` (mixin of Ledger)."""
+    """``get``, ``spans``, ``recent``, ``counts``, ``search``, ``iter_runs`` (mixin of Ledger)."""
 
     journal_dir: Path
     store: Any
@@ -175,14 +177,21 @@ class Reading:
             return None if found is None else (journal.output(run_id) or [])
 
     def recent(self, limit: int = 50, type: str | None = None,  # noqa: A002 - API name
-               status: str | None = None, before: str | None = None) -> list[Run]:
+               status: str | None = None, before: str | None = None, *,
+               subtype: str | None = None, since: datetime | None = None,
+               until: datetime | None = None) -> list[Run]:
         """The newest ``limit`` runs, optionally of one type and/or status (``running``
         too: runs of any process of this host that have started and not ended); with
-        ``before`` (a run id: raises ``InvalidRunId``), only runs older than that one."""
+        ``before`` (a run id: raises ``InvalidRunId``), only runs older than that one;
+        ``subtype``: runs whose subtype contains it (case-insensitive); ``since`` /
+        ``until``: runs started at or after / before these times (naive: UTC; at the
+        millisecond of the run id)."""
         if limit <= 0:
             return []
-        if before is not None:
-            return self._recent_before(limit, type, status, validate_run_id(before))
+        flt = RunFilter.of(type, subtype, status, since, until,
+                           None if before is None else validate_run_id(before))
+        if flt.narrowed:
+            return self._recent_in(limit, flt)
         mine = sorted(itertools.islice(
             (d for d in self._pending_runs() if (type is None or d.get("type") == type)
              and (status is None or d.get("status") == status)), limit), key=_key, reverse=True)
@@ -196,30 +205,55 @@ class Reading:
                                                                    status=status)
         return list(itertools.islice(merge_iter(mine, done, stored, live), limit))
 
-    def _recent_before(self, limit: int, rtype: str | None, status: str | None,
-                       before: str) -> list[Run]:
-        """``recent`` below the ``before`` bound (a page of older runs): the journals
-        and the branch are scanned past the newer runs, whose blobs are not read."""
-        def ok(d: dict[str, Any]) -> bool:
-            return _key(d) < before and (rtype is None or d.get("type") == rtype) \
-                and (status is None or d.get("status") == status)
-
-        mine = sorted(itertools.islice((d for d in self._pending_runs() if ok(d)), limit),
-                      key=_key, reverse=True)
+    def _recent_in(self, limit: int, flt: RunFilter) -> list[Run]:
+        """``recent`` of a subtype and/or an id range: the journals and the branch are
+        walked from ``flt.hi`` down (the newer runs' blobs are not read) and stop at
+        ``flt.lo``."""
+        mine = sorted(itertools.islice((d for d in self._pending_runs() if flt.run_ok(d)),
+                                       limit), key=_key, reverse=True)
         found: list[Found] = []
         with self.journal_view.read() as journal:
             finished = 0
-            for f in journal.runs(rtype):
-                if ok(f.run):
+            opens = False if flt.status == "running" else None  # running: open runs only
+            for f in journal.runs(flt.type, finished=opens, lo=flt.lo, hi=flt.hi):
+                if flt.run_ok(f.run):
                     found.append(f)
                     finished += f.finished
                     if finished >= limit:
                         break
         done, live = _split(found, self._committed(found))
-        stored: list[dict[str, Any]] = [] if status == "running" else list(self.store._select(
-            lambda ln: ln.run_id < before and (rtype is None or ln.type == rtype)
-            and (status is None or ln.status == status), ok, limit))
+        stored: list[dict[str, Any]] = [] if flt.status == "running" \
+            else list(self.store.matching(flt, limit))
         return list(itertools.islice(merge_iter(mine, done, stored, live), limit))
+
+    def counts(self, type: str | None = None,  # noqa: A002 - API name
+               subtype: str | None = None, since: datetime | None = None,
+               until: datetime | None = None) -> RunCounts:
+        """Runs per status of a type, subtype (part of it) and start time range (as
+        :meth:`recent` takes them): the branch's from its :class:`RunTally` (no run is
+        read), plus the runs not committed yet (running ones too), each run once."""
+        flt = RunFilter.of(type, subtype, None, since, until)
+        extra: dict[str, str] = {}  # run id -> status, of runs maybe not on the branch
+        budget = MAX_JOURNAL_COUNT  # uncommitted runs read, at most
+        for d in self._pending_runs():
+            budget -= 1
+            if budget < 0:
+                break
+            if flt.run_ok(d):
+                extra.setdefault(_key(d), str(d.get("status")))
+        with self.journal_view.read() as journal:  # before the branch (see the module)
+            for f in journal.runs(flt.type, lo=flt.lo, hi=flt.hi) if budget >= 0 else ():
+                budget -= 1
+                if budget < 0:
+                    break
+                if f.run_id not in extra and flt.run_ok(f.run):
+                    extra[f.run_id] = str(f.run.get("status"))
+        tip, counts = tally_of(self).count(flt)
+        if extra and tip is not None:
+            for rid in committed_in(self.store, tip.tree, extra):
+                del extra[rid]  # counted with the branch
+        counts.update(extra.values())
+        return RunCounts(dict(counts), sum(counts.values()), budget >= 0)
 
     def search(self, text: str, limit: int = 10) -> list[Run]:
         """Runs where every word of ``text`` is a run id prefix, part of the subtype

@@ -24,6 +24,7 @@ from typing import Any
 from .._ids import RUN_ID_PATTERN, validate_run_id
 from .._model import Run
 from ._errors import LedgerError
+from ._filter import RunFilter
 from ._git import CatFile
 from ._layout import (
     OUTPUT_FILE,
@@ -353,6 +354,12 @@ class StoreReader:
             lambda r: (type is None or r["type"] == type) and (status is None
                                                                 or r["status"] == status),
             limit))
+
+    def matching(self, flt: RunFilter, limit: int | None) -> Iterator[dict[str, Any]]:
+        """The newest ``limit`` runs of ``flt`` (None: all), newest first; the walk skips
+        the lines above ``flt.hi`` unread and stops below ``flt.lo``."""
+        return self._select(flt.line_ok, flt.run_ok, limit,
+                            stop=lambda ln: bool(flt.lo) and ln.run_id < flt.lo)
 
     def search(self, text: str, limit: int = 10) -> list[dict[str, Any]]:
         """Newest runs where every word of ``text`` is a run id prefix, part of the subtype,

@@ -4,8 +4,10 @@
   const R = window.OtelRuns;
   const { CONFIG, el, parseTime, relTime, localTime, elapsed, getJSON, runHref } = R;
   const PAGE = 100, MAX_RUNS = 5000, RANGES = { "1h": 3600e3, "24h": 86400e3, "7d": 7 * 86400e3, "30d": 30 * 86400e3 };
+  const COUNTS_EVERY_MS = 2000, RANGE_COUNTS_EVERY_MS = 30000, SUBTYPE_DEBOUNCE_MS = 300;
   const runs = new Map();          // run_id -> Run dict
-  const floors = new Map();        // "type|status" -> oldest run id loaded without gaps ("" = all)
+  const floors = new Map();        // server filter key -> oldest run id loaded without gaps ("" = all)
+  let counted = null;              // the last /api/runs/counts answer, with the key it is for
   let selected = null, view = null, lastEventId = null, source = null, reconnectTimer = null, backoff = 1000;
   const RETRY_AFTER_MS = 5000, MAX_BACKOFF_MS = 60000;
   const $ = (id) => document.getElementById(id);
@@ -35,22 +37,40 @@
   }
 
   // -- filtering ------------------------------------------------------------------------
-  const serverKey = () => `${f.type.value}|${f.status.value}`;
+  // Type, status, subtype and time range are the server's filter (the list and its
+  // counts are asked for them); the free text search filters the loaded runs.
+  const subtypeNeedle = () => f.subtype.value.trim().replace(/\s+/g, " ").toLowerCase();
+  const countsKey = () => `${f.type.value}|${subtypeNeedle()}|${f.range.value}`;
+  const serverKey = () => `${countsKey()}|${f.status.value}`;
+  /** The server filter as query parameters (``withStatus``: the list's; else the counts'). */
+  function filterParams(withStatus) {
+    const p = new URLSearchParams(), range = RANGES[f.range.value];
+    if (f.type.value) p.set("type", f.type.value);
+    if (withStatus && f.status.value) p.set("status", f.status.value);
+    if (f.subtype.value.trim()) p.set("subtype", f.subtype.value.trim().slice(0, 200));
+    if (range) p.set("since", String(Math.floor(Date.now() - range)));  // epoch ms
+    return p;
+  }
   function words() { return search.value.toLowerCase().replace(/@run:/g, " ").split(/\s+/).filter(Boolean); }
   function textMatch(run, ws) {   // the ledger's search rule
     const id = run.run_id.toLowerCase(), sub = (run.subtype || "").toLowerCase();
     const sw = (run.summary || "").toLowerCase().match(/\w[\w.:/-]*/g) || [];
     return ws.every((w) => id.startsWith(w) || sub.includes(w) || sw.some((s) => s.startsWith(w)));
   }
-  function passes(run, ignoreStatus, ignoreFloor) {
-    const ws = words(), sub = f.subtype.value.trim().toLowerCase(), range = RANGES[f.range.value];
+  /** Whether a run matches the server filter without its status (what the counts count). */
+  function inCounts(run) {
+    const sub = subtypeNeedle(), range = RANGES[f.range.value];
     if (f.type.value && run.type !== f.type.value) return false;
-    if (!ignoreStatus && f.status.value && run.status !== f.status.value) return false;
-    if (sub && !(run.subtype || "").toLowerCase().includes(sub)) return false;
+    if (sub && !(run.subtype || "").replace(/\s+/g, " ").toLowerCase().includes(sub)) return false;
     if (range) { const t = parseTime(run.started_at); if (t === null || Date.now() - t > range) return false; }
+    return true;
+  }
+  function passes(run) {
+    const ws = words();
+    if (!inCounts(run)) return false;
+    if (f.status.value && run.status !== f.status.value) return false;
     if (ws.length && !textMatch(run, ws)) return false;
-    if (ignoreFloor) return true;
-    const floor = floors.get(ignoreStatus ? `${f.type.value}|` : serverKey());
+    const floor = floors.get(serverKey());  // runs older than that one: maybe gaps
     return !floor || run.run_id >= floor || run.status === "running";
   }
   function describeFilters() {
@@ -91,12 +111,15 @@
     body.replaceChildren(...shown.map((r) => rowFor(r, r.run_id === focusTarget)));
     const what = describeFilters();
     $("empty").hidden = shown.length > 0;
-    $("empty").textContent = what ? `No loaded runs ${what}. ` : "No runs yet.";
-    if (what && !shown.length) $("empty").append(el("button", { type: "button", class: "small linkish", id: "empty-clear", text: "Clear filters" }));
-    $("count").textContent = shown.length ? `· ${shown.length} shown of ${list.length} loaded` : "";
-    counts(list);
-    charts(shown);
     const floor = floors.get(serverKey());
+    $("empty").textContent = what ? `No ${floor === "" && !search.value.trim() ? "" : "loaded "}runs ${what}. ` : "No runs yet.";
+    if (what && !shown.length) $("empty").append(el("button", { type: "button", class: "small linkish", id: "empty-clear", text: "Clear filters" }));
+    const known = counted && counted.key === countsKey() && !counted.error && !search.value.trim()
+      ? (f.status.value ? counted.counts[f.status.value] || 0 : counted.total) : null;
+    $("count").textContent = !shown.length ? "" : known === null ? `· ${shown.length} shown of ${list.length} loaded`
+      : `· ${shown.length} shown of ${counted.exact ? "" : "at least "}${known}`;
+    showCounts();
+    charts(shown);
     $("load-older").hidden = floor === "";
     $("older-note").textContent = floor === "" && list.length ? "All runs loaded." : "";
     $("charts").hidden = list.length < 2;
@@ -106,26 +129,36 @@
     if ($("subtypes").childElementCount !== subs.length) $("subtypes").replaceChildren(...subs.map((s) => el("option", { value: s })));
   }
 
-  /** The deeper of two contiguity bounds ("" = everything; undefined = none known). */
-  function deeper(a, b) {
-    if (a === undefined) return b;
-    if (b === undefined) return a;
-    return a === "" || b === "" ? "" : (a < b ? a : b);
+  // -- counts per status: from the server, for the current filter -------------------------
+  let countsTimer = null, countsAt = 0, countsAsked = 0;
+  /** Ask for the counts now, or (``throttled``: a live event) at most every COUNTS_EVERY_MS. */
+  function refreshCounts(throttled) {
+    if (throttled && countsTimer !== null) return;  // one is on its way
+    clearTimeout(countsTimer);
+    const wait = throttled ? Math.max(0, countsAt + COUNTS_EVERY_MS - Date.now()) : 0;
+    countsTimer = setTimeout(() => { countsTimer = null; fetchCounts(); }, wait);
   }
-  function counts(list) {
-    // Per status, of the loaded runs without gaps: a status loaded by its own filter
-    // may be known further back than the others.
-    const c = {}, any = floors.get(`${f.type.value}|`);
-    const floorOf = (s) => deeper(any, floors.get(`${f.type.value}|${s}`));
-    for (const r of list) {
-      if (!passes(r, true, true)) continue;
-      const floor = floorOf(r.status);
-      if (!floor || r.run_id >= floor || r.status === "running") c[r.status] = (c[r.status] || 0) + 1;
+  async function fetchCounts() {
+    const mine = ++countsAsked, key = countsKey();
+    countsAt = Date.now();
+    try {
+      const data = await getJSON(`${CONFIG.api}/runs/counts?${filterParams(false)}`);
+      if (mine === countsAsked) counted = { key, counts: data.counts || {}, total: data.total, exact: data.exact !== false };
+    } catch (err) {
+      if (mine === countsAsked) counted = { key, error: err.message };
     }
+    if (mine === countsAsked) render();
+  }
+  function showCounts() {
     const box = $("status-counts");
-    box.replaceChildren(...CONFIG.statuses.filter((s) => c[s]).map((s) => el("button", {
-      type: "button", class: "chip " + s, "data-status": s, "aria-pressed": String(f.status.value === s),
-      title: `${c[s]} ${s} in the loaded runs; click to filter` }, el("span", { class: "dot " + s }), `${s} ${c[s]}`)));
+    if (!counted || counted.key !== countsKey()) { box.replaceChildren(); return; }  // (being asked)
+    if (counted.error) { box.replaceChildren(el("span", { class: "muted", text: "Counts unavailable: " + counted.error })); return; }
+    const c = counted.counts, atLeast = counted.exact ? "" : "≥";
+    box.dataset.total = String(counted.total);
+    box.replaceChildren(...CONFIG.statuses.filter((s) => c[s] || f.status.value === s).map((s) => el("button", {
+      type: "button", class: "chip " + s, "data-status": s, "data-count": String(c[s] || 0), "aria-pressed": String(f.status.value === s),
+      title: `${atLeast ? "at least " : ""}${c[s] || 0} ${s} runs for the current filter; click to filter` },
+      el("span", { class: "dot " + s }), `${s} ${atLeast}${c[s] || 0}`)));
   }
 
   let chartsTimer = null;
@@ -139,6 +172,7 @@
   }
 
   function tick() {
+    if (RANGES[f.range.value] && Date.now() - countsAt > RANGE_COUNTS_EVERY_MS) refreshCounts(true);  // the window moves
     for (const tr of body.rows) {
       const run = runs.get(tr.dataset.runId);
       if (!run) continue;
@@ -157,6 +191,7 @@
     const old = runs.get(run.run_id);
     if (old && old.status !== "running" && run.status === "running") return;  // a late "started"
     runs.set(run.run_id, run);
+    if (inCounts(run)) refreshCounts(true);
     if (announce) $("announce").textContent = `${run.subtype} ${run.status}`;
     render();
     if (selected === run.run_id && view) view.refresh();
@@ -164,9 +199,8 @@
 
   // -- loading --------------------------------------------------------------------------
   async function load(before) {
-    const key = serverKey(), params = new URLSearchParams({ limit: String(PAGE) });
-    if (f.type.value) params.set("type", f.type.value);
-    if (f.status.value) params.set("status", f.status.value);
+    const key = serverKey(), params = filterParams(true);
+    params.set("limit", String(PAGE));
     if (before) params.set("before", before);
     try {
       const data = await getJSON(`${CONFIG.api}/runs/recent?${params}`);
@@ -252,11 +286,19 @@
   });
 
   // -- filters and search ------------------------------------------------------------------
-  function filtersChanged(reload) { writeUrl(); render(); if (reload) load(); }
+  let subtypeTimer = null;
+  function filtersChanged(reload) {
+    writeUrl(); render();
+    if (reload) { clearTimeout(subtypeTimer); load(); refreshCounts(false); }
+  }
   f.type.addEventListener("change", () => filtersChanged(true));
   f.status.addEventListener("change", () => filtersChanged(true));
-  f.range.addEventListener("change", () => filtersChanged(false));
-  f.subtype.addEventListener("input", () => filtersChanged(false));
+  f.range.addEventListener("change", () => filtersChanged(true));
+  f.subtype.addEventListener("input", () => {  // the loaded runs at once, the server's after a pause
+    filtersChanged(false);
+    clearTimeout(subtypeTimer);
+    subtypeTimer = setTimeout(() => filtersChanged(true), SUBTYPE_DEBOUNCE_MS);
+  });
   function clearAll() { search.value = ""; for (const n of Object.values(f)) n.value = ""; filtersChanged(true); }
   $("clear-filters").addEventListener("click", clearAll);
   $("empty").addEventListener("click", (ev) => { if (ev.target.id === "empty-clear") clearAll(); });
@@ -287,7 +329,7 @@
     source.onopen = () => { backoff = 1000; setConn("live", "live"); };
     source.addEventListener("run:started", onEvent);
     source.addEventListener("run:completed", onEvent);
-    source.addEventListener("reset", (ev) => { if (ev.lastEventId) lastEventId = ev.lastEventId; load(); });
+    source.addEventListener("reset", (ev) => { if (ev.lastEventId) lastEventId = ev.lastEventId; load(); refreshCounts(false); });
     // On an error: retry ourselves with exponential back-off and jitter (at least
     // RETRY_AFTER_MS after a refusal such as 503), resuming with ?last_event_id=.
     source.onerror = () => {
@@ -310,5 +352,6 @@
   $("charts").open = !narrow();
   setInterval(tick, 1000);
   connect();
+  refreshCounts(false);
   load().then(loadRunning).then(() => { if (selected) select(selected, false); });
 })();
