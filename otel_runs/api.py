@@ -79,6 +79,8 @@ MAX_RECENT_BYTES = 4 << 20
 MAX_SUBTYPE_FILTER = 200
 #: Largest ``limit`` accepted by ``/api/runs/search``.
 MAX_SEARCH_LIMIT = 50
+#: Most slices ``/api/runs/counts?buckets=`` draws the range in.
+MAX_COUNT_BUCKETS = 200
 _MAX_QUERY = 200
 _STATIC = Path(__file__).with_name("static")
 #: The page's own files, served by ``/runs/assets/<name>``.
@@ -133,14 +135,23 @@ def run_counts() -> Response:
     Every status is listed (0 when none). ``exact`` is false when there were more runs
     not committed yet than one count reads (``MAX_JOURNAL_COUNT``): then the counts are
     lower bounds. Committed runs are counted from an index kept up to date incrementally,
-    never by reading them."""
+    never by reading them. ``buckets=N`` (1..200) adds ``"histogram": {"start_ms",
+    "step_ms", "buckets": [{status: n}, ...]}``: the same runs per status in N equal
+    slices of the range (from ``since``, or the first such run, to ``until``, or the
+    last one)."""
     run_type = choice_arg("type", RUN_TYPES)
     subtype = text_arg("subtype", MAX_SUBTYPE_FILTER)
     since, until = range_args()
-    got = project_ledger().counts(type=run_type, subtype=subtype, since=since, until=until)
+    buckets = int_arg("buckets", 0, MAX_COUNT_BUCKETS)
+    got = project_ledger().counts(type=run_type, subtype=subtype, since=since, until=until,
+                                  buckets=buckets)
     counts = dict.fromkeys(STATUSES, 0)
     counts.update(got.counts)
-    return jsonify({"counts": counts, "total": got.total, "exact": got.exact})
+    body: dict[str, Any] = {"counts": counts, "total": got.total, "exact": got.exact}
+    if got.histogram is not None:
+        body["histogram"] = {"start_ms": got.start_ms, "step_ms": got.step_ms,
+                             "buckets": got.histogram}
+    return jsonify(body)
 
 
 @blueprint.get("/api/runs/search")

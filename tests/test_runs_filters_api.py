@@ -354,3 +354,47 @@ def test_counts_after_a_sync_merged_two_ledgers(tmp_path: Path) -> None:
             status_counts(wanted(runs_a + runs_b, since=since)), clone
         assert get_ids(client, f"since={ms(since)}&limit=100") == \
             [r.run_id for r in wanted(runs_a + runs_b, since=since)], clone
+
+
+def expected_histogram(runs: list[Run], start: int, step: int, n: int) -> list[dict[str, int]]:
+    out: list[Counter[str]] = [Counter() for _ in range(n)]
+    for r in runs:
+        at = ms(datetime.strptime(r.started_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc))
+        i = (at - start) // step
+        if 0 <= i < n:
+            out[i][r.status] += 1
+    return [dict(c) for c in out]
+
+
+def test_counts_draw_the_runs_over_time_in_buckets(
+        app: Flask, git_repo: Path, no_commits: None) -> None:
+    """``buckets=N``: per status in N equal slices of the filter's range, over committed,
+    uncommitted and running runs alike (what the page's runs-over-time chart draws)."""
+    client = app.test_client()
+    ledger = ledger_for(str(git_repo))
+    committed = [make_run(i) for i in range(300)]
+    record(ledger, committed, commit=True)
+    journaled = [make_run(i) for i in range(300, 320)]
+    record(ledger, journaled, commit=False)
+    running = [make_run(i, status="running") for i in range(320, 325)]
+    for run in running:
+        ledger.record_started(run)
+    runs = committed + journaled + running
+    for flt, n in (({}, 30), ({"subtype": "docker"}, 7),
+                   ({"since": BASE + timedelta(minutes=50), "until": BASE + timedelta(minutes=290)}, 12),
+                   ({"rtype": "test", "since": BASE + timedelta(minutes=100)}, 200)):
+        body = get_counts(client, f"{query(**flt)}&buckets={n}")
+        hist = body["histogram"]
+        assert len(hist["buckets"]) == n and hist["step_ms"] >= 1
+        mine = wanted(runs, **flt)
+        first = ms(flt["since"]) if "since" in flt else min(
+            ms(datetime.strptime(r.started_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc))
+            for r in mine)
+        assert hist["start_ms"] == first
+        assert hist["buckets"] == expected_histogram(mine, first, hist["step_ms"], n), flt
+        assert sum(sum(b.values()) for b in hist["buckets"]) == body["total"] == len(mine)
+    assert "histogram" not in get_counts(client)  # only when asked
+    assert get_counts(client, "subtype=nothing-like-this&buckets=5")["histogram"]["buckets"] == []
+    for bad in ("0", "201", "x", "٣"):
+        resp = client.get(f"/api/runs/counts?buckets={bad}")
+        assert resp.status_code == 400 and "buckets" in resp.get_json()["error"]

@@ -338,6 +338,10 @@ def test_counts_come_from_the_server_and_filters_survive_reload_and_load_older(
 
     shows(server["counts"])
     expect(page.locator("#count")).to_contain_text(f"100 shown of {server['total']}")
+    # The runs-over-time chart draws the server's histogram of the whole filter.
+    chart = page.locator("#chart-runs")
+    expect(chart).to_have_attribute("data-source", "server")
+    expect(chart).to_have_attribute("data-total", str(server["total"]))
     page.reload()
     expect(page.locator("#filter-subtype")).to_have_value("scan:deps")
     expect(page.locator("#filter-range")).to_have_value("24h")
@@ -355,6 +359,7 @@ def test_counts_come_from_the_server_and_filters_survive_reload_and_load_older(
     expect(rows).to_have_count(server["counts"]["failed"])
     expect(page.locator("#filter-status")).to_have_value("failed")
     shows(server["counts"])  # still every status of the filter
+    expect(chart).to_have_attribute("data-total", str(server["counts"]["failed"]))
     page.screenshot(path=str(shots / "list-server-counts-laptop.png"), full_page=True)
     # Live: a new run of the filter is counted (the counts are asked again, throttled).
     page.locator('#status-counts button[data-status="failed"]').click()

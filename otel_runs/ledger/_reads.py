@@ -28,7 +28,7 @@ from typing import Any
 
 from .._ids import validate_run_id
 from .._model import Run
-from ._filter import RunFilter
+from ._filter import RunFilter, id_ms
 from ._journal_view import JournalView, journal_view
 from ._journal_view_read import Found, ViewRead
 from ._pending import Pending, shared_entries, shared_entry
@@ -228,10 +228,12 @@ class Reading:
 
     def counts(self, type: str | None = None,  # noqa: A002 - API name
                subtype: str | None = None, since: datetime | None = None,
-               until: datetime | None = None) -> RunCounts:
+               until: datetime | None = None, buckets: int = 0) -> RunCounts:
         """Runs per status of a type, subtype (part of it) and start time range (as
         :meth:`recent` takes them): the branch's from its :class:`RunTally` (no run is
-        read), plus the runs not committed yet (running ones too), each run once."""
+        read), plus the runs not committed yet (running ones too), each run once. With
+        ``buckets``, also per status in that many equal slices of the range (from
+        ``since``, or the first such run, to ``until``, or the last one)."""
         flt = RunFilter.of(type, subtype, None, since, until)
         extra: dict[str, str] = {}  # run id -> status, of runs maybe not on the branch
         budget = MAX_JOURNAL_COUNT  # uncommitted runs read, at most
@@ -248,12 +250,14 @@ class Reading:
                     break
                 if f.run_id not in extra and flt.run_ok(f.run):
                     extra[f.run_id] = str(f.run.get("status"))
-        tip, counts = tally_of(self).count(flt)
+        tally = tally_of(self)
+        tip, counts = tally.count(flt)
         if extra and tip is not None:
             for rid in committed_in(self.store, tip.tree, extra):
                 del extra[rid]  # counted with the branch
         counts.update(extra.values())
-        return RunCounts(dict(counts), sum(counts.values()), budget >= 0)
+        got = RunCounts(dict(counts), sum(counts.values()), budget >= 0)
+        return _with_histogram(got, tally, flt, extra, buckets) if buckets > 0 else got
 
     def search(self, text: str, limit: int = 10) -> list[Run]:
         """Runs where every word of ``text`` is a run id prefix, part of the subtype
@@ -314,3 +318,25 @@ def _iterate(ledger: Reading, journal: ViewRead, done: Iterator[Found],
         yield from merge_iter(mine, finished, stored, live)
     finally:
         journal.close()
+
+
+def _with_histogram(got: RunCounts, tally: Any, flt: RunFilter, extra: dict[str, str],
+                    buckets: int) -> RunCounts:
+    """``got`` with its runs per status in ``buckets`` equal slices of the filter's range
+    (committed runs from the tally, then ``extra``: run id -> status of the others)."""
+    span = tally.span(flt)
+    extra_ms = [id_ms(rid) for rid in extra]
+    firsts = [t for t in (span[0] if span else None, min(extra_ms, default=None)) if t is not None]
+    lasts = [t for t in (span[1] if span else None, max(extra_ms, default=None)) if t is not None]
+    if not firsts:
+        return got._replace(histogram=[], start_ms=0, step_ms=0)
+    lo = id_ms(flt.lo) if flt.lo else min(firsts)
+    hi = id_ms(flt.hi) if flt.hi else max(lasts) + 1
+    step = max(1, -(-(hi - lo) // buckets))  # (rounded up: the last slice ends at or past hi)
+    edges = [lo + i * step for i in range(buckets + 1)]
+    slices = tally.histogram(flt, edges)
+    for rid, ms in zip(extra, extra_ms, strict=True):
+        i = (ms - lo) // step
+        if 0 <= i < buckets:
+            slices[i][extra[rid]] += 1
+    return got._replace(histogram=[dict(c) for c in slices], start_ms=lo, step_ms=step)

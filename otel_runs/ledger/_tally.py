@@ -41,11 +41,16 @@ _Key = tuple[str, str, str]  # (type, subtype as the index line says it, status)
 
 
 class RunCounts(NamedTuple):
-    """Runs per status of a filter; ``exact`` false: at least these (a cap was hit)."""
+    """Runs per status of a filter; ``exact`` false: at least these (a cap was hit).
+    With buckets asked for: ``histogram[i]`` counts per status the runs started in
+    ``[start_ms + i * step_ms, start_ms + (i + 1) * step_ms)``."""
 
     counts: dict[str, int]
     total: int
     exact: bool
+    histogram: list[dict[str, int]] | None = None
+    start_ms: int = 0
+    step_ms: int = 0
 
 
 class RunTally(BranchWalk):
@@ -120,6 +125,31 @@ class RunTally(BranchWalk):
                 if end > start:
                     out[status] += end - start
             return tip, out
+
+
+    def span(self, flt: RunFilter) -> tuple[int, int] | None:
+        """``(first, last)`` start time (ms) of the committed runs of ``flt``'s type and
+        subtype (None: none), as of the last refresh."""
+        with self._lock:
+            firsts = [(times[0], times[-1]) for (rtype, subtype, _), times in self._times.items()
+                      if times and flt.key_ok(rtype, subtype)]
+        if not firsts:
+            return None
+        return min(f for f, _ in firsts), max(last for _, last in firsts)
+
+    def histogram(self, flt: RunFilter, edges: list[int]) -> list[Counter[str]]:
+        """Runs per status of ``flt`` (type and subtype) started in each ``[edges[i],
+        edges[i + 1])`` (ms; ascending), as of the last refresh: binary searches only."""
+        out: list[Counter[str]] = [Counter() for _ in range(len(edges) - 1)]
+        with self._lock:
+            for (rtype, subtype, status), times in self._times.items():
+                if not times or not flt.key_ok(rtype, subtype):
+                    continue
+                at = [bisect.bisect_left(times, edge) for edge in edges]
+                for i in range(len(out)):
+                    if at[i + 1] > at[i]:
+                        out[i][status] += at[i + 1] - at[i]
+        return out
 
 
 def committed_in(store: Any, tree: str, run_ids: Iterable[str]) -> set[str]:

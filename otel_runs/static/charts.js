@@ -5,30 +5,44 @@
   const ORDER = ["ok", "failed", "cancelled", "interrupted", "running"];
   const H = 130, PAD_L = 26, PAD_B = 18, BUCKETS = 30;
 
-  /** Bars of runs per time bucket, stacked by status (the runs given: the current filter),
-   *  drawn ``width`` px wide. */
-  function runsOverTime(runs, width) {
+  /** Bars of runs per time bucket, stacked by status, drawn ``width`` px wide: from the
+   *  server's ``histogram`` of the whole ledger for the current filter when given (only
+   *  ``status`` kept when set), else from the runs given. */
+  function runsOverTime(runs, width, histogram, status) {
     const W = Math.max(260, Math.min(1200, Math.round(width || 420)));
-    const times = runs.map((r) => parseTime(r.started_at)).filter((t) => t !== null);
     const box = el("figure", { class: "chart", id: "chart-runs" },
       el("figcaption", { text: "Runs over time" }));
-    if (times.length < 2) { box.append(el("p", { class: "muted", text: "Not enough runs to draw." })); return box; }
-    const lo = Math.min(...times), hi = Math.max(...times) + 1;
-    const step = (hi - lo) / BUCKETS;
-    const counts = Array.from({ length: BUCKETS }, () => ({}));
-    for (const r of runs) {
-      const t = parseTime(r.started_at);
-      if (t === null) continue;
-      const b = counts[Math.min(BUCKETS - 1, Math.floor((t - lo) / step))];
-      b[r.status] = (b[r.status] || 0) + 1;
+    let lo, hi, step, counts, total = 0;
+    if (histogram && histogram.buckets && histogram.buckets.length) {
+      counts = histogram.buckets.map((b) => (status ? { [status]: b[status] || 0 } : b));
+      counts.forEach((c) => { total += Object.values(c).reduce((a, b) => a + b, 0); });
+      lo = histogram.start_ms; step = histogram.step_ms; hi = lo + step * counts.length;
+      box.dataset.source = "server";
+    } else {
+      const times = runs.map((r) => parseTime(r.started_at)).filter((t) => t !== null);
+      if (times.length < 2) { box.append(el("p", { class: "muted", text: "Not enough runs to draw." })); return box; }
+      lo = Math.min(...times); hi = Math.max(...times) + 1;
+      step = (hi - lo) / BUCKETS;
+      counts = Array.from({ length: BUCKETS }, () => ({}));
+      for (const r of runs) {
+        const t = parseTime(r.started_at);
+        if (t === null) continue;
+        const b = counts[Math.min(BUCKETS - 1, Math.floor((t - lo) / step))];
+        b[r.status] = (b[r.status] || 0) + 1;
+        total += 1;
+      }
+      box.dataset.source = "loaded";
     }
+    if (!total) { box.append(el("p", { class: "muted", text: "No runs to draw." })); return box; }
+    box.dataset.total = String(total);
+    const n = counts.length;
     const max = Math.max(1, ...counts.map((c) => Object.values(c).reduce((a, b) => a + b, 0)));
-    const bw = (W - PAD_L) / BUCKETS, ih = H - PAD_B - 4;
+    const bw = (W - PAD_L) / n, ih = H - PAD_B - 4;
     // Axis labels as precise as the span needs: seconds within an hour, else minutes, else days.
     const label = (ms) => (hi - lo < 3600e3 ? localTime(ms).slice(11) : hi - lo < 2 * 86400e3
       ? localTime(ms).slice(5, 16) : localTime(ms).slice(0, 10));
     const g = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", class: "chart-svg",
-                           "aria-label": `Runs over time: ${runs.length} runs from ${localTime(lo)} to ${localTime(hi)}` });
+                           "aria-label": `Runs over time: ${total} runs from ${localTime(lo)} to ${localTime(hi)}` });
     g.append(svg("text", { x: PAD_L - 4, y: 12, class: "axis", "text-anchor": "end", text: String(max) }),
              svg("text", { x: PAD_L - 4, y: ih + 4, class: "axis", "text-anchor": "end", text: "0" }),
              svg("line", { x1: PAD_L, y1: ih + 4, x2: W, y2: ih + 4, class: "axis-line" }),

@@ -142,8 +142,10 @@
     const mine = ++countsAsked, key = countsKey();
     countsAt = Date.now();
     try {
-      const data = await getJSON(`${CONFIG.api}/runs/counts?${filterParams(false)}`);
-      if (mine === countsAsked) counted = { key, counts: data.counts || {}, total: data.total, exact: data.exact !== false };
+      const params = filterParams(false);
+      params.set("buckets", "30");  // the runs-over-time chart of the whole ledger
+      const data = await getJSON(`${CONFIG.api}/runs/counts?${params}`);
+      if (mine === countsAsked) counted = { key, counts: data.counts || {}, total: data.total, exact: data.exact !== false, histogram: data.histogram || null };
     } catch (err) {
       if (mine === countsAsked) counted = { key, error: err.message };
     }
@@ -167,7 +169,9 @@
     clearTimeout(chartsTimer);
     chartsTimer = setTimeout(() => {
       const box = $("charts-body"), w = box.clientWidth - 28;
-      box.replaceChildren(R.charts.runsOverTime(shown, w > 620 ? (w - 12) / 2 : w), R.charts.durationTrends(shown));
+      // The server's histogram when it is for this filter (not for a free text search).
+      const hist = counted && counted.key === countsKey() && !counted.error && !search.value.trim() ? counted.histogram : null;
+      box.replaceChildren(R.charts.runsOverTime(shown, w > 620 ? (w - 12) / 2 : w, hist, f.status.value), R.charts.durationTrends(shown));
     }, 150);
   }
 
