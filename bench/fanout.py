@@ -1,7 +1,8 @@
 """Live-feed fan-out: 100 SSE clients, 1,000 runs, against a real server process.
 
     python bench/fanout.py [--clients 100] [--runs 1000] [--rounds 10] [--posters 4] [--seconds 120]
-                           [--no-ledger] [--linger S] [--server werkzeug|gunicorn] [--workers N]
+                           [--no-ledger] [--linger S] [--wakeups N] [--buffer N]
+                           [--server werkzeug|gunicorn] [--workers N]
 
 A threaded werkzeug server (``make_server(threaded=True)``, one new thread per
 connection: it can hold 100 streams) or, with ``--server gunicorn``, gunicorn with
@@ -24,12 +25,15 @@ phase is compared with the none phases around it and the ratio printed is the
 median over rounds (the machine is shared: one pair alone is too noisy).
 Prints tracked requests/s of each phase, the ratio fan/none (goal >= 0.9),
 p50/p99 delivery latency (publish time in the event -> received by a client;
-sampled: one event in ten per client), the CPU the server's stream threads
-used while posting (per-thread ``schedstat``, Linux; each stream's response names
-its thread, ``X-Worker-Tid``, so gunicorn's reused pool threads count too): the
-fan-out's own cost, which the machine's noise does not blur as it blurs the
-throughput ratio; and how many reads with data the clients made (about the
-server's writes: what the pacing bounds).
+sampled: one event in ten per client), the CPU the server's streams used while
+posting (per-thread ``schedstat``, Linux): their own threads (each stream's response
+names its thread, ``X-Worker-Tid``, so gunicorn's reused pool threads count too) and
+each worker's stream writer thread (``otel-runs-sse-writer``, which writes the streams
+after their first frame; the workers write their live feed threads' ids to a file);
+the feed followers' CPU apart: the fan-out's own cost, which the machine's noise does
+not blur as it blurs the throughput ratio; and how many reads with data the clients
+made (about the server's writes: what the pacing bounds). ``--wakeups`` sets
+``OTEL_RUNS_SSE_WAKEUPS`` (the pacing) for a run.
 Loops are bounded by count and by ``--seconds``.
 """
 
@@ -88,6 +92,19 @@ SERVER = textwrap.dedent('''
     RunTracking(app, ledger=ledger)
     api.register(app, app.extensions["otel_runs"])
 
+    def name_threads():  # the live feed's own threads (stream writer, feed follower), by tid
+        import json, time
+        path = os.path.join(os.environ["BENCH_DIR"], f"threads-{os.getpid()}.json")
+        while True:
+            tids = {t.name: t.native_id for t in threading.enumerate()
+                    if t.name.startswith("otel-runs-")}
+            with open(path + ".tmp", "w") as out:
+                json.dump(tids, out)
+            os.replace(path + ".tmp", path)
+            time.sleep(0.25)
+
+    threading.Thread(target=name_threads, daemon=True).start()
+
     if __name__ == "__main__":
         from werkzeug.serving import make_server
 
@@ -131,7 +148,7 @@ class Server:
         self.port = free_port()
         env.pop("OTEL_RUNS_REDIS_URL", None)  # the host's feed file, not Redis
         env.update({"PYTHONPATH": str(ROOT), "OTEL_RUNS_PROJECT_ROOT": str(self.root),
-                    "BENCH_LEDGER": "1" if ledger else "0",
+                    "BENCH_LEDGER": "1" if ledger else "0", "BENCH_DIR": str(workdir),
                     "BENCH_LINGER": "" if linger is None else str(linger),
                     "BENCH_WAKEUPS": "" if wakeups is None else str(wakeups),
                     "BENCH_BUFFER": "" if buffer is None else str(buffer)})
@@ -167,6 +184,19 @@ class Server:
                 raise SystemExit(f"expected {workers} gunicorn worker(s), found {pids}")
             self.pids = [int(pid) for pid in pids]
         self.pid = self.pids[0]
+        self.workdir = workdir
+
+    def live_threads(self) -> dict[str, str]:
+        """The live feed's own threads of each worker (``pid/tid`` by thread name, e.g.
+        ``otel-runs-sse-writer``), as the workers last wrote them down."""
+        out: dict[str, str] = {}
+        for pid in self.pids:
+            try:
+                names = json.loads((self.workdir / f"threads-{pid}.json").read_text())
+            except (OSError, ValueError):
+                continue
+            out.update({f"{pid}/{tid}": name for name, tid in names.items()})
+        return out
 
     def rss_kb(self) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -375,33 +405,46 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
-def fan_phase(server_pids: list[int], port: int, clients: int, runs: int, posters: int,
+def fan_phase(server: Server, clients: int, runs: int, posters: int,
               seconds: float, deadline: float, origins: dict[str, int],
-              ) -> tuple[float, float, float | None, list[str], list[Any]]:
+              ) -> tuple[float, float, dict[str, float] | None, list[str], list[Any]]:
     """Connect ``clients`` streams, POST ``runs`` requests, collect what each client saw.
-    Returns (requests/s, client CPU seconds while posting, CPU seconds of the server's
-    stream threads while posting (None where /proc has no schedstat), run ids,
-    per-client results)."""
+    Returns (requests/s, client CPU seconds while posting, CPU seconds of the server
+    (its worker processes), of its stream threads, stream writer threads and feed
+    followers while posting (None where /proc has no schedstat), run ids, per-client
+    results)."""
     parent, child = mp.Pipe()
     proc = mp.get_context("spawn").Process(
-        target=clients_main, args=(port, clients, 2 * runs, seconds, child))
+        target=clients_main, args=(server.port, clients, 2 * runs, seconds, child))
     proc.start()
     if not parent.poll(60) or parent.recv() != "ready":
         raise SystemExit("clients did not connect")
+    time.sleep(0.6)  # the workers write their live feed threads down every 0.25 s
+    live = server.live_threads()
     client_cpu0 = _cpu_seconds(proc.pid)
-    threads0 = _thread_cpu_ns(server_pids)
-    rate, run_ids = post_runs(port, runs, posters, deadline, origins)
-    threads1 = _thread_cpu_ns(server_pids)
+    server_cpu0 = server.cpu_seconds()
+    threads0 = _thread_cpu_ns(server.pids)
+    rate, run_ids = post_runs(server.port, runs, posters, deadline, origins)
+    threads1 = _thread_cpu_ns(server.pids)
+    server_cpu = server.cpu_seconds() - server_cpu0
     client_cpu = _cpu_seconds(proc.pid) - client_cpu0
     if not parent.poll(seconds + 30):
         raise SystemExit("clients did not finish")
     results = parent.recv()
     proc.join(30)
+
+    def used(tids: set[str]) -> float:
+        return sum(threads1[t] - threads0[t] for t in tids if t in threads0 and t in threads1) / 1e9
+
     # The stream threads: each stream's response names its thread (X-Worker-Tid).
     streams = {r[5] for r in results if r[5] in threads0 and r[5] in threads1}
-    stream_cpu = (sum(threads1[t] - threads0[t] for t in streams) / 1e9
-                  if len(streams) >= clients else None)
-    return rate, client_cpu, stream_cpu, run_ids, results
+    cpu = None
+    if len(streams) >= clients:
+        cpu = {"server": server_cpu, "streams": used(streams),
+               "writer": used({t for t, name in live.items() if name == "otel-runs-sse-writer"}),
+               "follower": used({t for t, name in live.items()
+                                 if name == "otel-runs-feed-follower"})}
+    return rate, client_cpu, cpu, run_ids, results
 
 
 def main() -> None:
@@ -432,7 +475,7 @@ def main() -> None:
     cpu_none: list[float] = []
     cpu_fan: list[float] = []
     client_cpu: list[float] = []
-    stream_cpu: list[float] = []
+    stream_cpu: list[dict[str, float]] = []
     exact: list[int] = []
     latencies: list[float] = []
     other: list[float] = []  # deliveries on another worker than the run's
@@ -452,11 +495,11 @@ def main() -> None:
                 cpu_none.append(server.cpu_seconds() - cpu0)
                 cpu0 = server.cpu_seconds()
                 rate, ccpu, scpu, run_ids, results = fan_phase(
-                    server.pids, server.port, args.clients, args.runs, args.posters,
-                    args.seconds, deadline, origins)
+                    server, args.clients, args.runs, args.posters, args.seconds, deadline,
+                    origins)
                 if scpu is not None:
                     stream_cpu.append(scpu)
-                cpu_fan.append(server.cpu_seconds() - cpu0)
+                cpu_fan.append(server.cpu_seconds() - cpu0)  # with connecting and closing
                 fans.append(rate)
                 client_cpu.append(ccpu)
                 expected = {(t, r) for r in run_ids for t in ("run:started", "run:completed")}
@@ -500,13 +543,24 @@ def main() -> None:
     print("tracked requests/s: none " + " / ".join(f"{n:.0f}" for n in nones)
           + f"; with {args.clients} streams " + " / ".join(f"{f:.0f}" for f in fans))
     print(f"server CPU per run: none {sum(cpu_none) / len(cpu_none) / args.runs * 1000:.2f} ms, "
-          f"with streams {sum(cpu_fan) / len(cpu_fan) / args.runs * 1000:.2f} ms; client process "
+          f"with streams {sum(cpu_fan) / len(cpu_fan) / args.runs * 1000:.2f} ms (with their "
+          f"connecting and closing); client process "
           f"CPU while posting: {sum(client_cpu) / len(client_cpu):.1f} s a round (the clients "
           f"share this {os.cpu_count()}-core machine)")
     if stream_cpu:  # the fan-out's own cost, apart from what the machine's noise does to the rest
-        per_run = statistics.median(stream_cpu) / args.runs
-        print(f"CPU of the server's {args.clients} stream threads: {per_run * 1000:.2f} ms per run "
-              f"({per_run / (2 * args.clients) * 1e6:.1f} us per delivered event; median of rounds)")
+        per_run = statistics.median(c["streams"] + c["writer"] for c in stream_cpu) / args.runs
+        parts = {k: statistics.median(c[k] for c in stream_cpu) / args.runs * 1000
+                 for k in ("streams", "writer", "follower")}
+        print(f"CPU of the server's {args.clients} streams (their threads + the stream writers): "
+              f"{per_run * 1000:.2f} ms per run ({per_run / (2 * args.clients) * 1e6:.1f} us per "
+              f"delivered event; median of rounds; stream threads {parts['streams']:.2f}, "
+              f"writers {parts['writer']:.2f}; feed followers {parts['follower']:.2f} ms per run)")
+        posting = statistics.median(c["server"] for c in stream_cpu) / args.runs * 1000
+        rest = posting - parts["streams"] - parts["writer"] - parts["follower"]
+        print(f"server CPU per run while posting: {posting:.2f} ms with streams, of which "
+              f"{rest:.2f} ms besides streams, writers and followers (the requests' own work, "
+              f"with the feed read on publish while streams are open) vs "
+              f"{statistics.median(cpu_none) / args.runs * 1000:.2f} ms with none (medians)")
     if writes:
         per_run_writes = statistics.median(writes) / args.runs
         print(f"writes received per run: {per_run_writes:.1f} (all clients, median of rounds; "

@@ -137,7 +137,7 @@ def _tail_live(ctx: click.Context, interval: float, deadline: float | None,
     the ledger polled every ``interval`` s, those of processes without a live feed
     (scripts); subscribed before returning. ``(events, where)``."""
     from .live import SubscriberDroppedError
-    from .live._feed_hub import feed_hub_for
+    from .live._feed_registry import feed_hub_for
 
     root = project_root(ctx)
     news = _ledger_news(ctx, None)

@@ -10,6 +10,7 @@ reading span attributes, and find the project a span belongs to
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring
 from typing import Any
 
 from opentelemetry.context import Context
@@ -36,7 +37,7 @@ class OpenRun:
 
     __slots__ = ("run_id", "root", "span_id", "journal_error", "spans_dropped", "output", "_fields",
                  "_trace_id", "_trace_flags", "_resource", "_start", "_final", "_end",
-                 "_start_json", "_end_json")
+                 "_start_json", "_end_json", "_parts")
 
     def __init__(self, root: str | None, run_id: str, run_type: str, subtype: str, summary: str,
                  start_ns: int, metadata_json: str, parent_run_id: str | None) -> None:
@@ -60,6 +61,8 @@ class OpenRun:
         self._end: Run | None = None
         self._start_json: str | None = None
         self._end_json: str | None = None
+        #: The JSON text of what the start and end Runs share (see :meth:`_json_parts`).
+        self._parts: tuple[str, str, str, str] | None = None
 
     @property
     def trace_id(self) -> int:
@@ -96,7 +99,7 @@ class OpenRun:
         self._trace_id, self._resource = ctx.trace_id, span.resource
         self._trace_flags = int(ctx.trace_flags)
         _by_span_id[span_id] = self
-        self._start = self._start_json = None  # (re)built with the ids on first use
+        self._start = self._start_json = self._parts = None  # (re)built with the ids on first use
 
     @property
     def start(self) -> Run:
@@ -105,11 +108,13 @@ class OpenRun:
         if run is None:
             run_type, subtype, summary, start_ns, meta, parent = self._fields
             bound = self.span_id is not None
-            run = Run(self.run_id, run_type, subtype, "running", summary, iso_from_ns(start_ns),
-                      None, None, {} if meta == "{}" else parse_metadata(meta),
-                      format(self._trace_id, "032x") if bound else "",
-                      format(self.span_id, "016x") if bound else "",
-                      parent, _service_name(self._resource), [])
+            run = _run_of({
+                "run_id": self.run_id, "type": run_type, "subtype": subtype, "status": "running",
+                "summary": summary, "started_at": iso_from_ns(start_ns), "ended_at": None,
+                "duration_ms": None, "metadata": {} if meta == "{}" else parse_metadata(meta),
+                "trace_id": format(self._trace_id, "032x") if bound else "",
+                "span_id": format(self.span_id, "016x") if bound else "",
+                "parent_run_id": parent, "service": _service_name(self._resource), "events": []})
             self._start = run
         return run
 
@@ -127,35 +132,119 @@ class OpenRun:
             else:
                 status, summary, meta, end_ns = final
                 s = self.start
-                run = Run(s.run_id, s.type, s.subtype, status, summary, s.started_at,
-                          iso_from_ns(end_ns), round((end_ns - self._fields[3]) / 1e6, 3),
-                          s.metadata if meta is None else parse_metadata(meta),
-                          s.trace_id, s.span_id, s.parent_run_id, s.service,
-                          span_events(span))
+                run = _run_of({
+                    "run_id": s.run_id, "type": s.type, "subtype": s.subtype, "status": status,
+                    "summary": summary, "started_at": s.started_at,
+                    "ended_at": iso_from_ns(end_ns),
+                    "duration_ms": round((end_ns - self._fields[3]) / 1e6, 3),
+                    "metadata": s.metadata if meta is None else parse_metadata(meta),
+                    "trace_id": s.trace_id, "span_id": s.span_id, "parent_run_id": s.parent_run_id,
+                    "service": s.service, "events": span_events(span)})
             self._end = run
         return run
 
     def start_json(self) -> str | None:
         """:attr:`start` as ``Run.to_dict()`` JSON, encoded once for every consumer (the
         journal and the live feed get the same text); None if it cannot be encoded
-        strictly (the consumer then takes the slow, normalising path)."""
+        strictly (the consumer then takes the slow, normalising path). Made from the
+        run's fields directly (no Run is built for it): the same text as
+        ``run_json(self.start)``."""
         text = self._start_json
         if text is None:
-            text = self._start_json = run_json(self.start)
+            parts = self._json_parts()
+            if parts is None:
+                text = run_json(self.start)
+            else:
+                head, started, meta, tail = parts
+                text = _checked(f'{head}"running","summary":{_str(self._fields[2])},'
+                                f'"started_at":"{started}","ended_at":null,"duration_ms":null,'
+                                f'"metadata":{meta}{tail}[]}}')
+            self._start_json = text
         return text or None
 
     def end_json(self, span: ReadableSpan) -> str | None:
         """:meth:`end_run` as JSON, encoded once (see :meth:`start_json`)."""
         text = self._end_json
         if text is None:
-            text = self._end_json = run_json(self.end_run(span))
+            text = self._end_json = self._end_text(span)
         return text or None
+
+    def _end_text(self, span: ReadableSpan) -> str:
+        final = self._final
+        parts = self._json_parts() if final is not None and self._end is None else None
+        if parts is None:
+            return run_json(self.end_run(span))
+        status, summary, meta_json, end_ns = final  # type: ignore[misc]
+        head, started, meta, tail = parts
+        if type(status) is not str or type(summary) is not str or type(end_ns) is not int:
+            return run_json(self.end_run(span))
+        try:
+            if meta_json is not None:
+                meta = "{}" if meta_json == "{}" else _RUN_ENCODER.encode(parse_metadata(meta_json))
+            events = span_events(span)
+            events_text = _RUN_ENCODER.encode(events) if events else "[]"
+        except (ValueError, TypeError, RecursionError):
+            return ""
+        duration = round((end_ns - self._fields[3]) / 1e6, 3)  # type: ignore[operator]
+        return _checked(f'{head}{_str(status)},"summary":{_str(summary)},"started_at":"{started}",'
+                        f'"ended_at":"{iso_from_ns(end_ns)}","duration_ms":{_float(duration)},'
+                        f'"metadata":{meta}{tail}{events_text}}}')
+
+    def _json_parts(self) -> tuple[str, str, str, str] | None:
+        """What the start and end Runs' JSON share: the text up to ``"status":``, the start
+        time, the metadata at start and the text from ``,"trace_id":`` up to the events;
+        None for fields of unusual types (then a Run is built and encoded)."""
+        parts = self._parts
+        if parts is None:
+            run_type, subtype, summary, start_ns, meta, parent = self._fields
+            if type(start_ns) is not int or type(summary) is not str or type(meta) is not str \
+                    or not (parent is None or type(parent) is str):
+                return None
+            bound = self.span_id is not None
+            try:
+                meta_text = "{}" if meta == "{}" else _RUN_ENCODER.encode(parse_metadata(meta))
+            except (ValueError, TypeError, RecursionError):
+                return None
+            ids = (f'"{format(self._trace_id, "032x")}","span_id":"{format(self.span_id, "016x")}"'
+                   if bound else '"","span_id":""')
+            parts = self._parts = (
+                f'{{"run_id":{_str(self.run_id)},"type":{_str(run_type)},'
+                f'"subtype":{_str(subtype)},"status":',
+                iso_from_ns(start_ns), meta_text,
+                f',"trace_id":{ids},"parent_run_id":{"null" if parent is None else _str(parent)},'
+                f'"service":{_str(_service_name(self._resource))},"events":')
+        return parts
 
 
 #: Compact JSON of a Run: UTF-8 as it is, no NaN/Infinity (``Run.to_dict()`` holds only
 #: JSON types already; ``default=str`` for anything a custom processor put there).
 _RUN_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False,
                                 default=str)
+
+
+def _run_of(fields: dict[str, Any]) -> Run:
+    """``Run(**fields)`` without the call of its ``__init__`` (a dataclass with no
+    ``__post_init__``: its instance dict is exactly its fields, in order); two per run."""
+    run: Run = _new(Run)
+    run.__dict__ = fields
+    return run
+
+
+_new = object.__new__
+
+#: JSON text of a str and of a float, as ``_RUN_ENCODER`` writes them (C functions).
+_str = encode_basestring
+_float = float.__repr__
+
+
+def _checked(text: str) -> str:
+    """``text``, or "" when it holds a lone surrogate (what :func:`run_json` refuses)."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return ""
+    return text
 
 
 def run_json(run: Run) -> str:

@@ -25,18 +25,19 @@ import os
 import re
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable
+from itertools import repeat
 from typing import Any
 
-from .redaction import scrub_text
+from ._output_lines import MAX_LINE_CHARS, OutputChunk, clean_controls, clean_line, lines_json
+from .redaction import REDACTED
+from .redaction._text import scrub_texts
 
-__all__ = ["FLUSH_BYTES", "FLUSH_INTERVAL", "FLUSH_LINES", "MAX_LINE_CHARS", "OutputSink",
-           "RunOutput", "add_output_sink", "clean_line", "output_max_bytes", "remove_output_sink"]
+__all__ = ["FLUSH_BYTES", "FLUSH_INTERVAL", "FLUSH_LINES", "MAX_LINE_CHARS", "OutputChunk",
+           "OutputSink", "RunOutput", "add_output_sink", "clean_controls", "clean_line",
+           "lines_json", "output_max_bytes", "remove_output_sink"]
 
-#: Longest line kept (characters); the rest is cut with a marker.
-MAX_LINE_CHARS = 16_384
 #: Lines waiting before a chunk goes to the sinks at once.
 FLUSH_LINES = 512
 #: Bytes waiting before a chunk goes to the sinks at once.
@@ -53,29 +54,6 @@ JOURNAL_FACTOR = 4
 OutputSink = Callable[[Any, list[dict[str, Any]], bool], None]
 _sinks: list[OutputSink] = []
 _sinks_lock = threading.Lock()
-
-# SGR (colour) sequences are kept; any other escape sequence and control character goes.
-_ESCAPES = re.compile(r"\x1b\[[0-9;]*m|(\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"
-                      r"|\x1b[@-Z\\-_]?|[\x00-\x08\x0b-\x1f\x7f\x9b])|([\ud800-\udfff])")
-
-
-def _drop_controls(match: re.Match[str]) -> str:
-    if match.group(2) is not None:  # a lone surrogate (not UTF-8): the replacement character
-        return "\ufffd"
-    return "" if match.group(1) is not None else match.group(0)
-
-
-def clean_line(text: str) -> str:
-    """One line as it is kept: what a terminal shows after the last carriage return, SGR
-    colours kept, other control sequences dropped, secrets scrubbed, length bounded."""
-    if "\r" in text:
-        text = text.rstrip("\r").rsplit("\r", 1)[-1]
-    if len(text) > MAX_LINE_CHARS:
-        text = text[:MAX_LINE_CHARS] + f"... [{len(text) - MAX_LINE_CHARS} more characters]"
-    if not text.isprintable():
-        text = _ESCAPES.sub(_drop_controls, text)
-    return scrub_text(text)
-
 
 def output_max_bytes() -> int:
     """``OTEL_RUNS_OUTPUT_MAX_BYTES`` (default 1 MiB, at least 4 KiB)."""
@@ -100,44 +78,86 @@ def remove_output_sink(sink: OutputSink) -> None:
             _sinks.remove(sink)
 
 
+# A private key printed line by line: its BEGIN line, the lines after it, and its END line.
+_KEY_BEGIN = re.compile(r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY[A-Z ]{0,10}-----")
+_KEY_END = re.compile(r"-----END[A-Z0-9 ]{0,40}PRIVATE KEY[A-Z ]{0,10}-----")
+
+#: A line as written: (time since the start, stream, text, level, logger).
+_Raw = tuple[float, str, str, "str | None", "str | None"]
+
+
 class RunOutput:
-    """The output of one open run (thread-safe). ``run`` is its ``OpenRun``."""
+    """The output of one open run (thread-safe). ``run`` is its ``OpenRun``.
+
+    Writing only queues the raw line (with its time); cleaning, scrubbing, numbering and
+    the head/tail bound happen for a whole chunk at once when it is handed to the sinks
+    (at most every :data:`FLUSH_INTERVAL` s, sooner when :data:`FLUSH_LINES` lines or
+    :data:`FLUSH_BYTES` characters wait), so a line never reaches a sink, the journal or
+    :meth:`kept` before it is scrubbed."""
 
     def __init__(self, run: Any, start_ns: int, max_bytes: int | None = None) -> None:
         self.run = run
         self._start = start_ns / 1e9
         self.max_bytes = output_max_bytes() if max_bytes is None else max_bytes
-        self._lock = threading.Lock()
-        # Chunks reach the sinks in order; re-entrant: a sink that logs inside the run may
-        # make this thread flush again.
+        self._half = self.max_bytes >> 1
+        self._lock = threading.Lock()  # the raw queue and partial lines
+        # The chunks (and everything below) in order; re-entrant: a sink that logs inside
+        # the run may make this thread flush again.
         self._send_lock = threading.RLock()
+        self._raw: list[_Raw] = []
+        self._raw_chars = 0
+        self._partial: dict[str, str] = {}
+        self._dirty = False  # handed to the flusher, not flushed since
+        self.closed = False
+        # Under the send lock:
         self._n = 0
         self._head: list[dict[str, Any]] = []
         self._head_bytes = 0
         self._tail: deque[dict[str, Any]] = deque()
+        self._tail_sizes: deque[int] = deque()
         self._tail_bytes = 0
         self._dropped = 0
         self._dropped_bytes = 0
         self._first_dropped = -1
-        self._unsent: list[dict[str, Any]] = []
-        self._unsent_bytes = 0
         self._journaled = 0
-        self._partial: dict[str, str] = {}
-        self._dirty = False  # handed to the flusher, not flushed since
-        self.closed = False
+        self._in_key: set[str] = set()  # streams inside a private key block
+        self._chunks = 0
+        self._only_chunk: OutputChunk | None = None
 
     @property
     def lines_written(self) -> int:
         """How many lines the run wrote (dropped ones included)."""
-        return self._n
+        return self._n + len(self._raw)
 
     def write(self, stream: str, text: str, *, level: str | None = None,
               logger: str | None = None, partial: bool = False) -> None:
         """Add the lines of ``text``. With ``partial``, a last line without a newline waits
         for the rest (a file's ``write``); otherwise it is a line of its own."""
+        if partial or "\n" in text or self.closed:
+            self._write_lines(stream, text, level, logger, partial)
+            return
+        item = (time.time() - self._start, stream, text, level, logger)
+        with self._lock:  # (one line: the common case, kept short)
+            raw = self._raw
+            raw.append(item)
+            self._raw_chars += len(text)
+            if len(raw) < FLUSH_LINES and self._raw_chars < FLUSH_BYTES:
+                if self._dirty:
+                    return
+                self._dirty = True
+                flush = False
+            else:
+                flush = True
+        if flush:
+            self.flush()
+        else:
+            _flusher.dirty(self)
+
+    def _write_lines(self, stream: str, text: str, level: str | None, logger: str | None,
+                     partial: bool) -> None:
         if self.closed:
             return
-        t = round(time.time() - self._start, 3)
+        t = time.time() - self._start
         if partial:
             with self._lock:
                 text = self._partial.pop(stream, "") + text
@@ -149,25 +169,12 @@ class RunOutput:
                         return
         if text.endswith("\n"):
             text = text[:-1]
-        # Cleaned (scrubbed) before the lock: other threads of the run do not wait for it.
-        cleaned = [clean_line(raw) for raw in (text.split("\n") if "\n" in text else (text,))]
+        parts = text.split("\n")
         with self._lock:
-            unsent = self._unsent
-            added = 0
-            n = self._n
-            for clean in cleaned:
-                line: dict[str, Any] = {"n": n, "t": t, "stream": stream, "text": clean}
-                if level is not None:
-                    line["level"] = level
-                    line["logger"] = logger or ""
-                n += 1
-                size = len(clean) + 24
-                self._keep(line, size)
-                unsent.append(line)
-                added += size
-            self._n = n
-            self._unsent_bytes += added
-            flush = len(unsent) >= FLUSH_LINES or self._unsent_bytes >= FLUSH_BYTES
+            raw = self._raw
+            raw.extend([(t, stream, part, level, logger) for part in parts])
+            self._raw_chars += len(text)
+            flush = len(raw) >= FLUSH_LINES or self._raw_chars >= FLUSH_BYTES
             wake = not self._dirty and not flush
             self._dirty = True
         if flush:
@@ -175,33 +182,17 @@ class RunOutput:
         elif wake:
             _flusher.dirty(self)
 
-    def _keep(self, line: dict[str, Any], size: int) -> None:
-        half = self.max_bytes >> 1
-        if not self._tail and self._head_bytes + size <= half:
-            self._head.append(line)
-            self._head_bytes += size
-            return
-        tail = self._tail
-        tail.append(line)
-        self._tail_bytes += size
-        while self._tail_bytes > half and len(tail) > 1:
-            gone = tail.popleft()
-            gone_size = len(gone["text"]) + 24
-            self._tail_bytes -= gone_size
-            if self._first_dropped < 0:
-                self._first_dropped = gone["n"]
-            self._dropped += 1
-            self._dropped_bytes += gone_size
-
     def flush(self) -> None:
         """Hand the waiting lines to the sinks now."""
         with self._send_lock:
             with self._lock:
-                chunk, self._unsent, self._unsent_bytes = self._unsent, [], 0
+                raw, self._raw, self._raw_chars = self._raw, [], 0
                 self._dirty = False
-            if not chunk:
+            if not raw:
                 return
-            size = sum(len(line["text"]) + 24 for line in chunk)
+            chunk, size = self._lines(raw)
+            self._chunks += 1
+            self._only_chunk = chunk if self._chunks == 1 else None
             durable = self._journaled + size <= self.max_bytes * JOURNAL_FACTOR
             if durable:
                 self._journaled += size
@@ -213,6 +204,91 @@ class RunOutput:
                 except Exception:  # noqa: BLE001 - a sink never breaks the run
                     pass
 
+    def _lines(self, raw: list[_Raw]) -> tuple[OutputChunk, int]:
+        """The raw lines cleaned, scrubbed, numbered and kept (head/tail): one chunk."""
+        times, streams, written, levels, loggers = zip(*raw, strict=True)
+        texts = list(written)
+        joined = " ".join(texts)
+        if not joined.isprintable() or (len(joined) > MAX_LINE_CHARS
+                                        and max(map(len, texts)) > MAX_LINE_CHARS):
+            texts = [clean_controls(text) for text in texts]
+        if self._in_key or "-----BEGIN" in joined:
+            self._hide_keys(streams, texts)
+        texts = scrub_texts(texts)
+        first = self._n
+        count = len(texts)
+        numbers = range(first, first + count)
+        self._n = first + count
+        stamps = list(map(round, times, repeat(3)))
+        if any(levels):  # log records among them: a level and a logger
+            chunk = OutputChunk()
+            for n, t, stream, text, level, logger in zip(numbers, stamps, streams, texts,
+                                                         levels, loggers, strict=True):
+                line: dict[str, Any] = {"n": n, "t": t, "stream": stream, "text": text}
+                if level is not None:
+                    line["level"] = level
+                    line["logger"] = logger or ""
+                chunk.append(line)
+        else:
+            chunk = OutputChunk([{"n": n, "t": t, "stream": stream, "text": text}
+                                 for n, t, stream, text
+                                 in zip(numbers, stamps, streams, texts, strict=True)])
+            chunk.columns = (first, stamps, streams, texts)  # (its JSON, made in C)
+        size = sum(map(len, texts)) + 24 * count
+        if not self._tail and self._head_bytes + size <= self._half:
+            self._head.extend(chunk)  # (all of it in the head)
+            self._head_bytes += size
+        else:
+            self._keep(chunk, [len(text) + 24 for text in texts])
+        return chunk, size
+
+    def _hide_keys(self, streams: tuple[str, ...], texts: list[str]) -> None:
+        """The lines between a private key's BEGIN and END lines are the key: hidden."""
+        inside = self._in_key
+        for i, text in enumerate(texts):
+            stream = streams[i]
+            if stream in inside:
+                texts[i] = REDACTED
+                if _KEY_END.search(text) is not None:
+                    inside.discard(stream)
+                continue
+            begin = _KEY_BEGIN.search(text)
+            if begin is not None and _KEY_END.search(text, begin.end()) is None:
+                inside.add(stream)  # (the BEGIN line itself is scrubbed by its rule)
+
+    def _keep(self, lines: list[dict[str, Any]], sizes: list[int]) -> None:
+        """Keep the first half of the cap's bytes (head) and the last half (tail)."""
+        half, i, count = self._half, 0, len(lines)
+        if not self._tail:
+            room = half - self._head_bytes
+            while i < count and sizes[i] <= room:
+                room -= sizes[i]
+                i += 1
+            if i:
+                self._head.extend(lines[:i] if i < count else lines)
+                self._head_bytes = half - room
+            if i == count:
+                return
+        tail, kept = self._tail, self._tail_sizes
+        tail.extend(lines[i:] if i else lines)
+        kept.extend(sizes[i:] if i else sizes)
+        self._tail_bytes += sum(sizes[i:]) if i else sum(sizes)
+        if self._tail_bytes <= half:
+            return
+        dropped = dropped_bytes = 0
+        total = self._tail_bytes
+        while total > half and len(tail) > 1:
+            gone = tail.popleft()
+            gone_size = kept.popleft()
+            total -= gone_size
+            if self._first_dropped < 0:
+                self._first_dropped = gone["n"]
+            dropped += 1
+            dropped_bytes += gone_size
+        self._tail_bytes = total
+        self._dropped += dropped
+        self._dropped_bytes += dropped_bytes
+
     def close(self) -> list[dict[str, Any]]:
         """The run ended: send what waits (a last partial line too) and return the lines
         kept (head, the ``meta`` marker if any were dropped, tail)."""
@@ -222,13 +298,18 @@ class RunOutput:
         for stream, text in rest:
             self.write(stream, text)
         self.closed = True
-        self.flush()
-        return self.kept()
+        return self.kept()  # (which sends what waits)
 
     def kept(self) -> list[dict[str, Any]]:
-        """The lines kept so far, with the marker where lines were dropped."""
-        with self._lock:
-            lines = list(self._head)
+        """The lines kept so far (waiting ones are sent first), with the marker where
+        lines were dropped; the chunk itself when the run's output went in one chunk."""
+        with self._send_lock:
+            self.flush()
+            only = self._only_chunk
+            if only is not None and not self._dropped and len(self._head) == len(only) \
+                    and not self._tail:
+                return only
+            lines = OutputChunk(self._head)
             if self._dropped:
                 lines.append({"n": self._first_dropped, "t": lines[-1]["t"] if lines else 0.0,
                               "stream": "meta",
@@ -245,20 +326,23 @@ class RunOutput:
 
 
 class _Flusher:
-    """One thread per process flushing outputs with waiting lines every FLUSH_INTERVAL."""
+    """One thread per process flushing outputs with waiting lines every FLUSH_INTERVAL.
+    While it ticks (lines came within the last :data:`_IDLE_TICKS` ticks), marking an
+    output is a dict store under a lock: no wake-up per run."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._dirty: weakref.WeakSet[RunOutput] = weakref.WeakSet()
+        self._dirty: dict[int, RunOutput] = {}
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
+        self._awake = False  # the thread ticks: no need to wake it
 
     def dirty(self, output: RunOutput) -> None:
         with self._lock:
-            if self._pid != os.getpid():  # a forked child: a thread of its own
-                self._pid, self._thread = os.getpid(), None
-            self._dirty.add(output)
+            self._dirty[id(output)] = output
+            if self._awake:
+                return
+            self._awake = True
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, daemon=True,
                                                 name="otel-runs-output")
@@ -266,15 +350,33 @@ class _Flusher:
         self._wake.set()
 
     def _run(self) -> None:
+        idle = 0
         while True:
             self._wake.wait()
             time.sleep(FLUSH_INTERVAL)
             with self._lock:
-                self._wake.clear()
-                todo = list(self._dirty)
-                self._dirty = weakref.WeakSet()
-            for output in todo:
+                todo, self._dirty = self._dirty, {}
+                if not todo:
+                    idle += 1
+                    if idle >= _IDLE_TICKS:  # nothing for a while: wait to be woken
+                        idle = 0
+                        self._awake = False
+                        self._wake.clear()
+                    continue
+            idle = 0
+            for output in todo.values():
                 output.flush()
 
+    def after_fork_in_child(self) -> None:
+        """A forked child has no flusher thread: it starts one of its own when needed."""
+        self._lock = threading.Lock()
+        self._dirty = {}
+        self._wake = threading.Event()
+        self._thread = None
+        self._awake = False
 
+
+#: Empty ticks after which the flusher thread waits to be woken again.
+_IDLE_TICKS = 10
 _flusher = _Flusher()
+os.register_at_fork(after_in_child=_flusher.after_fork_in_child)

@@ -75,6 +75,7 @@ class RunHandle:
         self._event_bytes = 0
         self._entry: OpenRun | None = None  # set by RunScope
         self._output_file: _OutputFile | None = None
+        self._output_buffer: RunOutput | None = None  # (output_buffer's, once made)
 
     @property
     def run_id(self) -> str:
@@ -120,11 +121,14 @@ class RunHandle:
     def log(self, text: str, stream: str = "out") -> None:
         """Append ``text`` (one line, or several separated by newlines) to the run's
         output; ``stream`` is ``out`` or ``err``."""
-        if stream not in ("out", "err"):
+        if stream != "out" and stream != "err":
             raise ValueError(f"stream must be 'out' or 'err', got {stream!r}")
-        out = self.output_buffer()
-        if out is not None:
-            out.write(stream, str(text))
+        out = self._output_buffer
+        if out is None or out.closed:
+            out = self.output_buffer()
+            if out is None:
+                return
+        out.write(stream, text if type(text) is str else str(text))
 
     @property
     def output(self) -> _OutputFile:
@@ -144,6 +148,7 @@ class RunHandle:
             if entry.outcome is not None:  # (ended)
                 return None
             out = entry.output = RunOutput(entry, entry.start_ns)
+        self._output_buffer = out
         return None if out.closed else out
 
     def __repr__(self) -> str:

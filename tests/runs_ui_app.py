@@ -56,6 +56,9 @@ def work(name: str) -> Any:
             i += 1
             if i % 10 == 0:
                 _say(f"\x1b[32mrendered\x1b[0m page {i // 10}")
+            if name == "live" and i == 40:  # a span ending while the run runs on
+                with tracer.start_as_current_span("prefetch"):
+                    time.sleep(0.01)
             time.sleep(0.02)
     with tracer.start_as_current_span("publish") as span:
         _say("\x1b[33mwarning:\x1b[0m 1 broken link", "err")

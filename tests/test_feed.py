@@ -26,6 +26,7 @@ from otel_runs.live import (
     FeedHub,
     SubscriberDroppedError,
     _feed_hub,
+    _feed_registry,
     feed_dir_for,
     get_hub,
     hub_from_settings,
@@ -335,7 +336,7 @@ def _read_only_bind(path: Path) -> bool:
 def test_a_feed_dir_that_cannot_be_written_falls_back_in_process_with_one_warning(
         git_repo: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
         how: str) -> None:
-    monkeypatch.setattr(_feed_hub, "_warned", set())
+    monkeypatch.setattr(_feed_registry, "_warned", set())
     directory = feed_dir_for(git_repo)
     mounted = False
     if how == "read-only":

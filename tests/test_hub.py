@@ -220,6 +220,8 @@ def test_event_type_is_validated_for_the_event_line() -> None:
         hub.publish("bad\ntype", {})
     with pytest.raises(ValueError, match="event type"):
         hub.publish("", {})
+    with pytest.raises(ValueError, match="event type"):  # ("$" would match before it)
+        hub.publish("run:x\n", {})
 
 
 def test_sse_framing() -> None:

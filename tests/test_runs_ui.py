@@ -273,6 +273,10 @@ def test_a_running_run_page_tails_its_output(site: Site, browser: Any, shots: Pa
     expect(lines.nth(2)).to_be_visible()
     expect(lines.nth(40)).to_be_attached(timeout=30_000)  # more lines arrive while it runs
     assert box.evaluate("b => b.scrollHeight - b.scrollTop - b.clientHeight") < 30  # tailing
+    # Child spans that ended show in the timeline while the run runs (journaled as they end).
+    expect(page.locator('#timeline li[data-span="prefetch"]')).to_have_count(1, timeout=30_000)
+    expect(page.locator('#timeline li[data-span="git fetch"]')).to_have_count(1)
+    expect(page.locator(".run-title .badge")).to_have_text("running")
     page.screenshot(path=str(shots / "run-live-laptop.png"))
     box.evaluate("b => { b.scrollTop = 0; }")  # the reader scrolls up: the tail stops
     expect(page.locator("#output button", has_text="Follow output")).to_be_visible()

@@ -81,6 +81,13 @@ class RunProcessor(SpanProcessor):
         if run_id is not None:
             self._child_ended(run_id, span)
 
+    def _only_root(self) -> str | None:
+        """The one project (resolved root) whose runs this processor takes, when it takes
+        no others whatever they are: the dispatcher then hands it no other project's run
+        (start or end; child spans still go to every processor). None: any run may be
+        its, as :meth:`accepts` decides."""
+        return None
+
     def _run_started(self, entry: OpenRun, span: Span) -> None:
         """The run span of ``entry`` started."""
         if self._accepts(span):
@@ -157,6 +164,8 @@ class RunSpanDispatcher(SpanProcessor):
 
     def __init__(self) -> None:
         self._procs: tuple[RunProcessor, ...] = ()
+        #: project root -> the processors that may take its runs (see ``_only_root``).
+        self._by_root: dict[str | None, tuple[RunProcessor, ...]] = {}
 
     @property
     def processors(self) -> tuple[RunProcessor, ...]:
@@ -167,17 +176,29 @@ class RunSpanDispatcher(SpanProcessor):
         """Hand runs to ``proc`` too (see :func:`dispatches_directly`)."""
         if proc not in self._procs:
             self._procs = (*self._procs, proc)
+            self._by_root = {}
 
     def remove(self, proc: RunProcessor) -> None:
         """Stop handing runs to ``proc``."""
         self._procs = tuple(p for p in self._procs if p is not proc)
+        self._by_root = {}
+
+    def _for_root(self, root: str | None) -> tuple[RunProcessor, ...]:
+        """The processors a run of ``root`` goes to (in the order they were added)."""
+        cache = self._by_root  # (before the processors: see add)
+        procs = cache.get(root)
+        if procs is None:
+            procs = tuple(p for p in self._procs if p._only_root() in (None, root))
+            if len(cache) < 64:
+                cache[root] = procs
+        return procs
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         entry = starting_run(span, parent_context)  # RunScope always passes the context
         if entry is not None:  # a run span: it carries its own id
             if self._procs:
                 _hand_over(span, RUN_OF, entry)
-                for proc in self._procs:
+                for proc in self._for_root(entry.root):
                     proc._run_started(entry, span)
             return
         ctx = parent_context if parent_context is not None else get_current()
@@ -199,7 +220,7 @@ class RunSpanDispatcher(SpanProcessor):
         if entry is not None:
             if self._procs:
                 _hand_over(span, RUN_OF, entry)
-                for proc in self._procs:
+                for proc in self._for_root(entry.root):
                     proc._run_ended(entry, span)
             return
         run_id = _child_spans.pop(span_id, None)

@@ -25,6 +25,7 @@ from .._output import add_output_sink, remove_output_sink
 from .._ratelimit import RateLimitedLog
 from ..ledger import JournalUnavailable, Ledger, LedgerError, ledger_for
 from ..redaction import MAX_SPANS_BYTES, attributes_size
+from ._live_spans import LiveSpans
 from ._run_processor import (
     OpenRun,
     RunProcessor,
@@ -108,7 +109,14 @@ class LedgerSpanExporter(SpanExporter):
             self._dropped[run_id] = self._dropped.get(run_id, 0) + 1
         note_dropped_span(run_id)
 
+    def children_since(self, run_id: str, first: int) -> list[dict[str, Any]]:
+        """The child spans kept for open run ``run_id`` so far, from the ``first``-th on."""
+        with self._lock:
+            return list(self._children.get(run_id, ())[first:])
+
     def _take_children(self, run_id: str) -> list[dict[str, Any]]:
+        if run_id not in self._children and run_id not in self._dropped:
+            return []  # (the common case; a run's child spans all ended before it)
         with self._lock:
             children = self._children.pop(run_id, [])
             self._sizes.pop(run_id, None)
@@ -164,6 +172,7 @@ class LedgerRunProcessor(RunProcessor):
         self.exporter = exporter
         self._open: set[str] = set()
         add_output_sink(self._journal_output)
+        self._live = LiveSpans(exporter.children_since, exporter.ledger.record_live_spans)
 
     def _journal_output(self, entry: OpenRun, lines: list[dict[str, Any]], durable: bool) -> None:
         """A chunk of an open run's output: journaled. Not the last one, sent as the run
@@ -177,6 +186,9 @@ class LedgerRunProcessor(RunProcessor):
             return run_project_root(span) == self.project_root
         return child_run_id(span) in self._open
 
+    def _only_root(self) -> str | None:
+        return self.project_root
+
     # The hooks below take the spans directly (not ``Run.from_span`` on the
     # request path); like RunProcessor's, they never let an error through. The one
     # deliberate exception: with ``OTEL_RUNS_ON_JOURNAL_ERROR=raise`` a journal failure
@@ -187,6 +199,7 @@ class LedgerRunProcessor(RunProcessor):
             return
         try:
             self._open.add(entry.run_id)
+            self._live.run_started(entry.run_id)
             text = entry.start_json()
             if text is None:
                 self.exporter.ledger.record_span_started(span)
@@ -203,6 +216,7 @@ class LedgerRunProcessor(RunProcessor):
             return
         try:
             self._open.discard(entry.run_id)
+            self._live.run_ended(entry.run_id)
             self.exporter.record_open_run(entry, span)
         except JournalUnavailable as exc:  # (already logged by the ledger)
             entry.journal_error = exc
@@ -215,6 +229,7 @@ class LedgerRunProcessor(RunProcessor):
             return
         try:
             self.exporter.add_child_span(run_id, span)
+            self._live.child_ended(run_id)
         except Exception:
             _errors.exception("on_end", "otel-runs: could not record a span of run %s",
                               run_id)
@@ -224,6 +239,7 @@ class LedgerRunProcessor(RunProcessor):
 
     def shutdown(self) -> None:
         remove_output_sink(self._journal_output)
+        self._live.close()
         self.exporter.shutdown()
 
 

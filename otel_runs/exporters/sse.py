@@ -13,6 +13,7 @@ from .._attributes import RUN_TYPE
 from .._model import Run
 from .._open_runs import OpenRun
 from .._output import add_output_sink, remove_output_sink
+from .._output_lines import lines_json
 from ..live import Hub
 from ._run_processor import RunProcessor, run_project_root
 
@@ -29,7 +30,8 @@ class SSESpanProcessor(RunProcessor):
 
     The event data is ``Run.to_dict()`` (the API's JSON), as the text the open run
     encoded once for every consumer (the journal line holds the same text). Publishing
-    never waits on clients (the hub's ``publish_json``). With ``project_root`` set,
+    never waits on clients (the hub's ``publish_json``; on the feed file, ``run:started``
+    through ``publish_later``: it joins the next append, within 20 ms). With ``project_root`` set,
     only runs recorded for that project are published. Chunks of a run's output are
     published as ``run:output`` while it runs.
     """
@@ -42,9 +44,12 @@ class SSESpanProcessor(RunProcessor):
 
     def _publish_output(self, entry: OpenRun, lines: list[dict[str, Any]], durable: bool) -> None:
         if self.project_root is None or entry.root == self.project_root:
-            self.hub.publish_json(RUN_OUTPUT, json.dumps(
-                {"run_id": entry.run_id, "lines": lines}, ensure_ascii=False,
-                separators=(",", ":")))
+            run_id = json.dumps(entry.run_id)
+            text = f'{{"run_id":{run_id},"lines":{lines_json(lines)}}}'
+            # On the feed file: joined to the next append (a short run's last chunk goes
+            # out with its run:completed, in one write), within 20 ms.
+            later = getattr(self.hub, "publish_later", None)
+            (self.hub.publish_json if later is None else later)(RUN_OUTPUT, text)
 
     def shutdown(self) -> None:
         """Stop publishing output."""
@@ -56,6 +61,9 @@ class SSESpanProcessor(RunProcessor):
         if RUN_TYPE not in attrs:
             return False
         return self.project_root is None or run_project_root(span) == self.project_root
+
+    def _only_root(self) -> str | None:
+        return self.project_root if type(self).accepts is SSESpanProcessor.accepts else None
 
     def _mine(self, entry: OpenRun, span: ReadableSpan) -> bool:
         if type(self).accepts is not SSESpanProcessor.accepts:  # a subclass decides
@@ -69,8 +77,11 @@ class SSESpanProcessor(RunProcessor):
             text = entry.start_json()
             if text is None:
                 self.hub.publish_nowait(RUN_STARTED, entry.start.to_dict())
-            else:
-                self.hub.publish_json(RUN_STARTED, text)
+                return
+            # The feed file's hub may write it with the next event (for a short run, its
+            # run:completed): one append for both; the journal has the start already.
+            later = getattr(self.hub, "publish_later", None)
+            (self.hub.publish_json if later is None else later)(RUN_STARTED, text)
         except Exception:
             self._hook_failed("on_run_start")
 

@@ -12,7 +12,9 @@ Layout, under ``<git common dir>/otel-runs/journal-<branch>-<hash>/``:
   object a line: ``{"e": "start", "run": {...}}`` when a run starts and
   ``{"e": "end", "run": {...}, "spans": [...], "output": [...]}`` when it ends, and
   ``{"e": "out", "run_id": "...", "lines": [...]}`` chunks of a run's output while it
-  runs (kept until its end record, which holds the output, is written) (``run``: a
+  runs, and ``{"e": "out", "run_id": "...", "lines": [], "spans": [...]}`` child spans of
+  a long run as they end (both kept until its end record, which holds the output and
+  every child span, is written) (``run``: a
   ``Run.to_dict()``, the same text the live feed sends; or ``span``: a run span's raw
   data, see ``_journal_records``; ``spans``: the child spans). A line is written
   with one ``write()`` on an ``O_APPEND`` descriptor, so a completed write survives
@@ -204,9 +206,13 @@ class JournalWriter:
             self._release_output_locked(run_id)
 
     def append_output(self, run_id: str, line: bytes) -> None:
-        """Append an ``out`` record (a chunk of an open run's output lines; never fsynced).
-        Its segment is kept until the run's end record is written. Raises ``OSError``."""
+        """Append an ``out`` record (a chunk of an open run's output lines or child spans;
+        never fsynced). Its segment is kept until the run's end record is written; a
+        chunk of a run that is not open here (it ended meanwhile) is not written.
+        Raises ``OSError``."""
         with self._lock:
+            if run_id not in self._open_runs:
+                return
             self._write_locked(line)
             segment = self._segment
             self._uncommitted[segment] = self._uncommitted.get(segment, 0) + 1
@@ -379,7 +385,10 @@ class JournalWriter:
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
+    n = os.write(fd, data)
+    if n == len(data):  # (what a regular file does unless the disk is full)
+        return
+    view = memoryview(data)[n:]
     while view:
         n = os.write(fd, view)
         view = view[n:]

@@ -35,6 +35,7 @@ from opentelemetry.trace import SpanContext
 
 from .._ids import is_run_id
 from .._model import MAX_NS, Run, clamp_ns
+from .._output_lines import lines_json
 from ..redaction import (
     EVENTS_DROPPED,
     clean_events,
@@ -170,7 +171,7 @@ def encoded_line(kind: str, run_json: str, spans: list[dict[str, Any]] | None,
     tail = ""
     if output:
         try:
-            tail = ',"output":' + _STRICT.encode(output)
+            tail = ',"output":' + lines_json(output)
         except (ValueError, TypeError, RecursionError):
             return None
     if not spans:
@@ -186,7 +187,15 @@ def encoded_line(kind: str, run_json: str, spans: list[dict[str, Any]] | None,
 
 def output_line(run_id: str, lines: list[dict[str, Any]]) -> bytes:
     """The journal line of one chunk of an open run's output (lines are clean already)."""
-    return (_STRICT.encode({"e": "out", "run_id": run_id, "lines": lines}) + "\n").encode()
+    run_json = _STRICT.encode(run_id)
+    return f'{{"e":"out","run_id":{run_json},"lines":{lines_json(lines)}}}\n'.encode()
+
+
+def spans_line(run_id: str, spans: list[dict[str, Any]]) -> bytes:
+    """The journal line of child spans an open run ended so far (sent while it runs):
+    an ``out`` record without lines, so that it is kept and indexed as a chunk is."""
+    run_json = _STRICT.encode(run_id)
+    return f'{{"e":"out","run_id":{run_json},"lines":[],"spans":{_STRICT.encode(spans)}}}\n'.encode()
 
 
 def record_output(record: dict[str, Any]) -> list[dict[str, Any]]:

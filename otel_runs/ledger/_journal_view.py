@@ -258,7 +258,10 @@ class JournalView:
                 chunks = self._outputs.setdefault(sys.intern(rid), [])
                 if len(chunks) < MAX_OUTPUT_CHUNKS:
                     f.records += 1
-                    chunks.append(((f.fid << 48 | (base + start)) << 32 | (end + 1 - start)) << 16)
+                    # (the low bit: a chunk of child spans, not lines; see spans_line)
+                    spans = buf.startswith(b',"lines":[],"spans":', out.end(), end)
+                    chunks.append(((f.fid << 48 | (base + start)) << 32 | (end + 1 - start)) << 16
+                                  | spans)
             return
         m = _RUN_HEAD.match(buf, start, end)
         if m is not None and is_run_id(rid := m.group(2).decode()):

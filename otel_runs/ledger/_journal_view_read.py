@@ -246,12 +246,23 @@ class ViewRead:
         return None if cand is None else self._decode(cand)
 
     def spans(self, run_id: str) -> list[dict[str, Any]] | None:
-        """The child spans journaled with finished run ``run_id``; None if not journaled."""
+        """The child spans journaled with run ``run_id`` (with its end record, or those an
+        open run journaled while running); None if the run is not journaled."""
         with self._view._state:
-            cand = self._take(run_id, ends_only=True)
+            cand = self._take(run_id)
+            chunks = [] if cand is None or cand[2] else [
+                loc for loc in self._view._outputs.get(run_id, ())
+                if loc & 1 and self._open_fd(loc >> 96)]
         if cand is None:
             return None
         try:
+            if not cand[2]:
+                found: list[dict[str, Any]] = []
+                for loc in chunks:
+                    more = decode_line(self._line(loc)).get("spans")
+                    if isinstance(more, list):
+                        found.extend(s for s in more if isinstance(s, dict))
+                return found
             spans = decode_line(self._line(cand[1])).get("spans")
         except (ValueError, OSError):
             return []
@@ -263,7 +274,8 @@ class ViewRead:
         with self._view._state:
             cand = self._take(run_id)
             chunks = [] if cand is None or cand[2] else [
-                loc for loc in self._view._outputs.get(run_id, ()) if self._open_fd(loc >> 96)]
+                loc for loc in self._view._outputs.get(run_id, ())
+                if not loc & 1 and self._open_fd(loc >> 96)]
         if cand is None:
             return None
         try:

@@ -149,11 +149,15 @@ def _stream_field(line: dict[str, Any]) -> str:
     return stream
 
 
+_PLAIN = ("out", "err", "meta")  # streams written as they are (a tuple: no hashing)
+
+
 def format_output(lines: list[dict[str, Any]]) -> bytes:
     """``output.log`` for a run's output lines: ``<n> TAB <t> TAB <stream> TAB <text>``,
     where a log line's stream is ``log:<LEVEL>:<logger>`` (text has no newline)."""
-    return "".join(f"{int(line['n'])}\t{float(line.get('t') or 0.0):.3f}\t{_stream_field(line)}"
-                   f"\t{line['text']}\n" for line in lines).encode("utf-8", "replace")
+    return "".join([f"{int(line['n'])}\t{float(line.get('t') or 0.0):.3f}\t"
+                    f"{stream if (stream := line.get('stream')) in _PLAIN else _stream_field(line)}"
+                    f"\t{line['text']}\n" for line in lines]).encode("utf-8", "replace")
 
 
 def parse_output(data: bytes) -> list[dict[str, Any]]:

@@ -41,7 +41,7 @@ from ._committer import (
     commit_process,
 )
 from ._journal import JournalUnavailable, JournalWriter
-from ._journal_records import encode_record, encoded_line, output_line, raw_span
+from ._journal_records import encode_record, encoded_line, output_line, raw_span, spans_line
 from ._pending import Pending, PendingQueue, share
 from ._quarantine import Quarantined, quarantined
 from ._reads import Reading
@@ -224,7 +224,7 @@ class Ledger(Reading, Recovering, Committing):
         """Journal a chunk of an open run's output (``otel_runs._output`` lines), so that
         it is kept with the run if this process dies before the run ends, and readable by
         every process of the host meanwhile. Not a durability point: failures are logged."""
-        if self._pid != os.getpid():  # pragma: no cover - the at-fork hook does this
+        if self._pid != _process[0]:  # pragma: no cover - the at-fork hook does this
             self._after_fork_in_child()
         if not is_run_id(run_id) or not lines:
             return
@@ -234,8 +234,20 @@ class Ledger(Reading, Recovering, Committing):
             self._log.warning("journal-output", "otel-runs: could not journal output of run %s "
                               "in %s: %s", run_id, self.journal_dir, exc)
 
+    def record_live_spans(self, run_id: str, spans: list[dict[str, Any]]) -> None:
+        """Journal child spans an open run ended (while it runs, so that every process
+        of the host shows its timeline so far); its end record holds all of them. Not a
+        durability point: failures are logged."""
+        if not is_run_id(run_id) or not spans:
+            return
+        try:
+            self._journal.append_output(run_id, spans_line(run_id, spans))
+        except (OSError, ValueError, TypeError) as exc:
+            self._log.warning("journal-output", "otel-runs: could not journal spans of run %s "
+                              "in %s: %s", run_id, self.journal_dir, exc)
+
     def _start(self, run_id: Any, record: dict[str, Any], line: bytes | None = None) -> None:
-        if self._pid != os.getpid():  # pragma: no cover - the at-fork hook does this
+        if self._pid != _process[0]:  # pragma: no cover - the at-fork hook does this
             self._after_fork_in_child()
         if not is_run_id(run_id):
             return  # its end record is quarantined
@@ -252,7 +264,7 @@ class Ledger(Reading, Recovering, Committing):
 
     def _end(self, run_id: Any, record: dict[str, Any], spans: list[dict[str, Any]],
              line: bytes | None = None, output: list[dict[str, Any]] | None = None) -> None:
-        if self._pid != os.getpid():  # pragma: no cover - the at-fork hook does this
+        if self._pid != _process[0]:  # pragma: no cover - the at-fork hook does this
             self._after_fork_in_child()
         normalised = False
         if line is None:
@@ -368,6 +380,9 @@ class Ledger(Reading, Recovering, Committing):
 
 
 _live_ledgers: weakref.WeakSet[Ledger] = weakref.WeakSet()
+#: This process's pid, kept by the at-fork hook (``getpid()`` is a system call: the
+#: request path compares with this instead, twice a run).
+_process = [os.getpid()]
 _registry: dict[str, Ledger] = {}
 _registry_lock = threading.Lock()
 
@@ -410,6 +425,7 @@ def _after_fork_in_parent() -> None:
 
 def _after_fork_in_child() -> None:
     global _registry_lock
+    _process[0] = os.getpid()
     for ledger in _forking:
         ledger._after_fork_in_child()
     _forking.clear()

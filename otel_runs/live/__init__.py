@@ -6,16 +6,20 @@
 - :mod:`._feed_hub`, :mod:`._feed_sub`: the hub on it (the default for a project in a
   git repository) and its readers;
 - :mod:`._redis`: the Redis Streams hub (``OTEL_RUNS_REDIS_URL``), one feed for every host;
-- :mod:`._streams`: what keeps ``/api/events`` streams from starving the server.
+- :mod:`._streams`: what keeps ``/api/events`` streams from starving the server;
+  :mod:`._stream_pacing`: how often a stream writes; :mod:`._stream_writer`: the one
+  thread per process that writes every stream straight to its socket.
 
-Imports go one way: ``_streams``, ``_redis`` and ``_feed_hub`` use ``_hub``;
-``_feed_hub`` uses ``_feed``; nothing here imports the web layer (``_feed_hub`` asks
-the ledger where a project's git directory is).
+Imports go one way: ``_streams`` uses ``_stream_writer``, which uses ``_stream_pacing``,
+``_feed_hub`` and ``_hub``; ``_redis`` and ``_feed_hub`` use ``_hub``; ``_feed_hub``
+uses ``_feed``; nothing here imports the web layer (``_feed_hub`` asks the ledger
+where a project's git directory is).
 """
 
 from __future__ import annotations
 
-from ._feed_hub import FeedHub, feed_dir_for, feed_hub_for
+from ._feed_hub import FeedHub
+from ._feed_registry import feed_dir_for, feed_hub_for
 from ._hub import (
     DEFAULT_BUFFER_BYTES,
     DEFAULT_BUFFER_SIZE,

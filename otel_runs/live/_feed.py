@@ -89,7 +89,16 @@ def encode_record(event_type: str, data: bytes) -> bytes:
     """One feed line; raw CR/LF in ``data`` (whitespace of JSON text) become spaces."""
     if b"\n" in data or b"\r" in data:
         data = data.replace(b"\r", b" ").replace(b"\n", b" ")
-    return b"%s %d %s\n" % (event_type.encode("ascii"), len(data), data)
+    prefix = _prefixes.get(event_type)
+    if prefix is None:
+        prefix = event_type.encode("ascii") + b" "
+        if len(_prefixes) < 256:
+            _prefixes[event_type] = prefix
+    return b"%s%d %s\n" % (prefix, len(data), data)
+
+
+#: ``b"<type> "`` of the event types written so far.
+_prefixes: dict[str, bytes] = {}
 
 
 def parse_records(data: bytes, gen: int, base: int) -> tuple[list[Record], int]:
@@ -173,23 +182,29 @@ class FeedWriter:
         with self._lock:
             self._current()
 
-    def append(self, record: bytes) -> Position:
-        """Append one record with one ``write()``; return the position after it."""
+    def append(self, record: bytes, position: bool = True) -> Position:
+        """Append one record with one ``write()``; return the position after it
+        (``position=False``: the generation and -1, one system call fewer)."""
         with self._lock:
             for _ in range(16):
-                fd = self._current()
+                fd = self._fd
+                if fd is None or time.monotonic() - self._checked >= _RECHECK:
+                    fd = self._current()
                 fcntl.flock(fd, fcntl.LOCK_SH)
                 try:
                     st = os.fstat(fd)
-                    if st.st_size < self.generation_bytes and not _sealed(st):
+                    size = st.st_size
+                    # (under the size limit and not sealed: see _sealed)
+                    if size < self.generation_bytes and (not size or st.st_mode & 0o222):
                         written = os.write(fd, record)
-                        end = os.lseek(fd, 0, os.SEEK_CUR)  # O_APPEND: where ours ended
                         if written != len(record):
                             if written:
                                 self._terminate(fd, record[written - 1:written])
                             raise OSError(errno.ENOSPC, f"short write to the live feed "
                                           f"{_path(self.directory, self._gen)}")
-                        return self._gen, end
+                        if not position:
+                            return self._gen, -1
+                        return self._gen, os.lseek(fd, 0, os.SEEK_CUR)  # O_APPEND: ours ended there
                 finally:
                     fcntl.flock(fd, fcntl.LOCK_UN)
                 self._rotate()

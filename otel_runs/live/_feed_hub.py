@@ -17,6 +17,7 @@ feed file itself until it reaches the buffer. Ids are feed positions
 
 from __future__ import annotations
 
+import atexit
 import bisect
 import logging
 import os
@@ -27,7 +28,6 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from .. import _settings
 from .._ratelimit import RateLimitedLog
 from ._feed import (
     GENERATION_BYTES,
@@ -38,10 +38,10 @@ from ._feed import (
     Position,
     encode_record,
     end_position,
-    feed_dir_of_journal,
     is_boundary,
 )
 from ._feed_census import StreamCensus
+from ._feed_later import HeldRecords
 from ._feed_sub import FeedSubscription, feed_events
 from ._hub import (
     _EVENT_OVERHEAD,
@@ -55,7 +55,7 @@ from ._hub import (
     validate_event_type,
 )
 
-__all__ = ["FeedHub", "feed_dir_for", "feed_hub_for"]
+__all__ = ["FeedHub"]
 
 logger = logging.getLogger("otel_runs.hub")
 _warn = RateLimitedLog(logger)
@@ -118,6 +118,8 @@ class FeedHub:
         self._follower: threading.Thread | None = None
         self._stop = threading.Event()
         self._subscribers: set[FeedSubscription] = set()
+        #: ``run:started`` records waiting to join the next append (see ``_feed_later``).
+        self._later = HeldRecords(self._flush_held)
 
     # -- publishing -------------------------------------------------------------
 
@@ -131,7 +133,22 @@ class FeedHub:
         """:meth:`publish_nowait` of data already encoded as JSON (not encoded again)."""
         validate_event_type(event_type)
         try:
-            self._append(event_type, text if isinstance(text, bytes) else text.encode())
+            self._append(event_type, text if isinstance(text, bytes) else text.encode(),
+                         need_id=False)
+        except (OSError, ValueError) as exc:
+            _warn.warning("feed-publish", "otel-runs: %s event not written to the live feed "
+                          "%s: %s", event_type, self.feed_dir, exc)
+
+    def publish_later(self, event_type: str, text: str | bytes) -> None:
+        """:meth:`publish_json`, written with the next event this hub publishes (one
+        ``write()`` for both, in order) or within ``LATER_SECONDS`` (``_feed_later``)."""
+        validate_event_type(event_type)
+        try:
+            record = self._record(event_type, text if isinstance(text, bytes) else text.encode())
+            with self._later.lock:
+                if self._later.hold(record):
+                    return
+            self._write(record, need_id=False)
         except (OSError, ValueError) as exc:
             _warn.warning("feed-publish", "otel-runs: %s event not written to the live feed "
                           "%s: %s", event_type, self.feed_dir, exc)
@@ -141,12 +158,39 @@ class FeedHub:
         validate_event_type(event_type)
         self.publish_json(event_type, _dumps(data).encode())
 
-    def _append(self, event_type: str, data: bytes) -> str:
+    def _record(self, event_type: str, data: bytes) -> bytes:
         record = encode_record(event_type, data)
         if len(record) > self.generation_bytes:
             raise ValueError(f"event of {len(record)} bytes is larger than a feed "
                              f"generation ({self.generation_bytes})")
-        position = self.writer.append(record)
+        return record
+
+    def _append(self, event_type: str, data: bytes, need_id: bool = True) -> str:
+        """Append one event; its id ("" when not ``need_id`` and no stream of this
+        process is open: then its position is not asked for)."""
+        return self._write(self._record(event_type, data), need_id)
+
+    def _flush_held(self) -> None:
+        """Write the held records now (the flusher's and ``close``'s; failures logged)."""
+        try:
+            self._write(b"", need_id=False)
+        except OSError as exc:
+            _warn.warning("feed-publish", "otel-runs: run:started events not written to the "
+                          "live feed %s: %s", self.feed_dir, exc)
+
+    def _write(self, record: bytes, need_id: bool) -> str:
+        """Append the held records and ``record`` with one ``write()`` (see :meth:`_append`)."""
+        later = self._later
+        with later.lock:  # (held records go first: the order events were published in)
+            if later:
+                record = later.take_locked() + record
+            if not record:
+                return ""
+            if not need_id and not self._active:
+                # No stream here to catch up (one opening meanwhile reads it from the file).
+                self.writer.append(record, position=False)
+                return ""
+            position = self.writer.append(record)
         if self._active:  # a stream is open: it gets this event now, in the file's order
             with self._read_lock:
                 if self._active and self._head < position:
@@ -324,6 +368,8 @@ class FeedHub:
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
+        self._later.closed = True  # (publish_later writes at once from now on)
+        self._flush_held()
         self.writer.close()
 
     def _after_fork_in_child(self) -> None:
@@ -335,61 +381,18 @@ class FeedHub:
 
 # -- one hub per feed and settings in a process ---------------------------------------
 
-_registry: weakref.WeakValueDictionary[tuple[Any, ...], FeedHub] = weakref.WeakValueDictionary()
-_registry_lock = threading.Lock()
 _live_hubs: weakref.WeakSet[FeedHub] = weakref.WeakSet()
-_warned: set[str] = set()
-
-
-def feed_dir_for(project_root: str | os.PathLike[str]) -> Path:
-    """The feed directory of a project's ledger: next to its journal directory.
-
-    Raises the ledger's ``NotAGitRepository`` / ``UnsafeRepository`` / ``LedgerError``."""
-    from ..ledger._git import discover
-    from ..ledger._ledger import DEFAULT_BRANCH, DEFAULT_TAG_PREFIX, journal_dir_for
-
-    common, _ = discover(project_root)
-    branch = _settings.env_str(_settings.OTEL_RUNS_LEDGER_BRANCH, DEFAULT_BRANCH) or DEFAULT_BRANCH
-    return feed_dir_of_journal(journal_dir_for(common, branch, DEFAULT_TAG_PREFIX))
-
-
-def feed_hub_for(project_root: str | os.PathLike[str], *, writable: bool = True,
-                 **settings: Any) -> FeedHub | None:
-    """This process's :class:`FeedHub` of the project's feed (one per feed and settings),
-    or None when the project is in no git repository, or (``writable``) the feed
-    directory cannot be written (warned once per directory)."""
-    from ..ledger._errors import LedgerError
-
-    try:
-        directory = feed_dir_for(project_root)
-    except (LedgerError, OSError) as exc:
-        logger.debug("otel-runs: no live feed file for %s: %s", project_root, exc)
-        return None
-    key = (str(directory), writable, buffer_bytes(), *sorted(settings.items()))
-    with _registry_lock:
-        hub = _registry.get(key)
-        if hub is not None and not hub.closed:
-            return hub
-        hub = FeedHub(directory, announce=writable, **settings)
-        if writable:
-            try:
-                hub.writer.open()
-            except OSError as exc:
-                if str(directory) not in _warned:
-                    _warned.add(str(directory))
-                    logger.warning("otel-runs: the live feed directory %s cannot be written "
-                                   "(%s): this process's live feed shows only its own runs",
-                                   directory, exc)
-                return None
-        _registry[key] = hub
-    return hub
 
 
 def _after_fork_in_child() -> None:
-    global _registry_lock
-    _registry_lock = threading.Lock()
     for hub in list(_live_hubs):
         hub._after_fork_in_child()
 
 
+def _flush_at_exit() -> None:
+    for hub in list(_live_hubs):
+        hub._flush_held()
+
+
 os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_flush_at_exit)

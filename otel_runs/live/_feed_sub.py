@@ -5,6 +5,7 @@ reader that lagged past the buffer), as the Redis hub's readers are."""
 from __future__ import annotations
 
 import time
+import weakref
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,26 @@ def feed_events(records: list[Record]) -> list[tuple[Position, Event]]:
         if event is not None:
             out.append((position, event))
     return out
+
+
+#: Per hub, the last span of its buffer handed to a reader and its frames joined:
+#: readers at the same place get the same bytes, joined once, not once per reader.
+_joined: weakref.WeakKeyDictionary[FeedHub, tuple[Any, tuple[int, int, int], bytes]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _joined_locked(hub: FeedHub, start: int, count: int) -> bytes:
+    """The frames of ``count`` buffered events from index ``start``, joined (caller
+    holds ``hub._cond``). The key holds the buffer itself (a new one after a fork) and
+    the local number of the first event (never reused within one buffer)."""
+    if not count:
+        return b""
+    key = (hub._restarts, hub._seq - len(hub._keys) + 1 + start, count)
+    entry = _joined.get(hub)
+    if entry is None or entry[0] is not hub._frames or entry[1] != key:
+        entry = (hub._frames, key, b"".join(islice(hub._frames, start, start + count)))
+        _joined[hub] = entry
+    return entry[2]
 
 
 class FeedSubscription:
@@ -92,7 +113,7 @@ class FeedSubscription:
                 if span is not None:
                     start, count = span
                     if frames:
-                        return count, b"".join(islice(hub._frames, start, start + count))
+                        return count, _joined_locked(hub, start, count)
                     return list(islice(hub._events, start, start + count))
 
     def _check_locked(self) -> None:

@@ -86,11 +86,19 @@ def parse_event_id(value: str | None) -> tuple[int, int] | None:
     return int(match.group(1)), int(match.group(2))
 
 
+#: Event types already found valid (a set lookup per event on the request path, not a match).
+_valid_types: set[str] = set()
+
+
 def validate_event_type(event_type: str) -> str:
     """Return ``event_type`` if it is safe on an ``event:`` line, else raise ``ValueError``."""
-    if not isinstance(event_type, str) or not _EVENT_TYPE_RE.match(event_type):
+    if type(event_type) is str and event_type in _valid_types:
+        return event_type
+    if not isinstance(event_type, str) or not _EVENT_TYPE_RE.fullmatch(event_type):
         raise ValueError(
             f"event type {event_type!r} must be 1-64 letters, digits or '_.:-' (e.g. 'run:started')")
+    if type(event_type) is str and len(_valid_types) < 256:
+        _valid_types.add(event_type)
     return event_type
 
 
@@ -205,6 +213,8 @@ class EventHub:
         #: What each buffered event costs (bytes), index for index, and their sum.
         self._sizes: deque[int] = deque()
         self.buffered_bytes = 0
+        #: The last span handed to a reader, ``((first seq, count), its frames joined)``.
+        self._joined: tuple[tuple[int, int], bytes] = ((0, 0), b"")
         self._cond = threading.Condition(threading.Lock())
         self._subscribers: set[_LocalSubscription] = set()
         self._closed = False
@@ -299,7 +309,13 @@ class EventHub:
             if isinstance(span, Event):
                 return 1, span.frame
             start, count = span
-            return count, b"".join(islice(self._frames, start, start + count))
+            if not count:
+                return 0, b""
+            # Readers at the same place get the same bytes: joined once, not per reader.
+            key = (self._buffer[start][0], count)
+            if self._joined[0] != key:
+                self._joined = (key, b"".join(islice(self._frames, start, start + count)))
+            return count, self._joined[1]
 
     def _next_locked(self, sub: _LocalSubscription, timeout: float) -> tuple[int, int] | Event:
         """Advance ``sub`` over its next events and return their ``(buffer index,
@@ -381,7 +397,7 @@ def hub_from_settings(buffer_size: int = DEFAULT_BUFFER_SIZE,
         return RedisHub(url, buffer_size=buffer_size, client_queue=client_queue,
                         slow_after=slow_after)
     if project_root is not None:
-        from ._feed_hub import feed_hub_for
+        from ._feed_registry import feed_hub_for
 
         hub = feed_hub_for(project_root, buffer_size=buffer_size, client_queue=client_queue,
                            slow_after=slow_after)

@@ -6,13 +6,22 @@
   stream would hang the worker, so it is refused with a message.
 - :func:`stream_socket`: the client's socket (werkzeug ``environ["werkzeug.socket"]``,
   gunicorn ``environ["gunicorn.socket"]``) with a timeout, so a write to a client that
-  does not read fails after that long instead of blocking the thread.
-- :func:`peer_gone`: a closed client is seen before the next write (the first write to a
-  closed TCP socket succeeds; only the second fails), so within one heartbeat.
+  does not read fails after that long instead of blocking the thread (the stream writer
+  ends a stream whose write is not done after that long).
+- :func:`peer_gone`: on the generator path, a closed client is seen before the next
+  write (the first write to a closed TCP socket succeeds; only the second fails), so
+  within one heartbeat (the stream writer sees the hang-up in its ``poll`` at once).
 - :func:`server_stopping`: under gunicorn, whether the worker is shutting down, so that
   open streams end within about a second instead of holding the worker for its whole
   graceful timeout.
-- :func:`event_stream`: the SSE generator itself.
+- :func:`event_stream`: the SSE response body. Its first frame goes through the server;
+  then, under gunicorn (``gthread``) and werkzeug on a plain socket, the stream is handed
+  to the process's single stream writer thread (:mod:`._stream_writer`), which writes
+  every stream of the process straight to its socket with non-blocking sends, in the
+  server's own framing (HTTP/1.1 chunks), while the stream's server thread sleeps until
+  the stream ends; the server then ends the response as usual. Without such a socket
+  (TLS, another server, a body-rewriting middleware) the generator writes each frame
+  itself, paced the same way (:mod:`._stream_pacing`).
 """
 
 from __future__ import annotations
@@ -27,6 +36,19 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._hub import Hub, SubscriberDroppedError, Subscription
+from ._stream_pacing import (
+    BATCH_BYTES,
+    MAX_PAUSE,
+    PEER_CHECK_INTERVAL,
+    STOP_CHECK_INTERVAL,
+    STREAM_WAKEUPS_PER_SECOND,
+    next_write_at,
+    paced_streams,
+    read_batch,
+    sleep_until,
+    stream_pause,
+)
+from ._stream_writer import server_framing, take_over
 
 __all__ = [
     "DEFAULT_MAX_STREAMS",
@@ -53,21 +75,6 @@ DEFAULT_MAX_STREAMS = 16
 THREAD_PER_CONNECTION_MAX_STREAMS = 256
 #: Seconds a write to the client may block before the stream is ended.
 DEFAULT_SEND_TIMEOUT = 2.0
-#: All streams of a hub (of the host, on a feed file) together write at most about this
-#: often per second (the default of ``OTEL_RUNS_SSE_WAKEUPS``) while each waits less than
-#: :data:`MAX_PAUSE` (``streams / wakeups`` s after a write): 100 streams write every
-#: 0.2 s. One write costs about 0.15 ms of CPU (measured: ``bench/fanout.py``).
-STREAM_WAKEUPS_PER_SECOND = 500.0
-#: The longest a stream waits after a write (then each stream writes once a second).
-MAX_PAUSE = 1.0
-#: What one write of a stream carries at most when more is queued (bytes): the rest
-#: follows at once, without a pause.
-BATCH_BYTES = 256 * 1024
-#: How often (s) a stream that keeps writing looks at its socket for a closed client.
-PEER_CHECK_INTERVAL = 1.0
-#: How often (s) a stream that can tell its server is stopping looks.
-STOP_CHECK_INTERVAL = 1.0
-
 _worker_cache: dict[int, Any] = {}
 
 
@@ -224,48 +231,39 @@ def peer_gone(sock: socket.socket | None) -> bool:
         return True
 
 
-def _paced(hub: Hub) -> int:
-    """The streams sharing the wake-ups: the host's on one feed file, else the process's."""
-    paced = getattr(hub, "paced_streams", None)
-    return int(paced()) if paced is not None else hub.subscriber_count
-
-
-def stream_pause(streams: int, linger: float, wakeups: float) -> float:
-    """Seconds a stream waits after a write: ``streams / wakeups`` (so all ``streams``
-    together wake about ``wakeups`` times a second), at least ``linger``, at most
-    :data:`MAX_PAUSE`."""
-    return max(linger, min(MAX_PAUSE, streams / wakeups if wakeups > 0 else MAX_PAUSE))
-
-
-def _more_frames(sub: Subscription, count: int, data: bytes, chunk: int) -> tuple[int, bytes]:
-    """Add the chunks already queued after a full one, up to :data:`BATCH_BYTES`: the
-    whole backlog of a pause goes out in one write."""
-    parts = [data]
-    size = len(data)
-    while count % chunk == 0 and size < BATCH_BYTES:
-        try:
-            more, extra = sub.next_frames(0)
-        except SubscriberDroppedError:
-            break  # what was read goes out first; the next read ends the stream
-        if not more:
-            break
-        count += more
-        size += len(extra)
-        parts.append(extra)
-        if more < chunk:
-            break
-    return count, b"".join(parts) if len(parts) > 1 else data
-
-
 def event_stream(hub: Hub, sub: Subscription, heartbeat: float, retry_ms: int, linger: float,
                  wakeups: float = STREAM_WAKEUPS_PER_SECOND,
                  sock: socket.socket | None = None,
                  release: Callable[[], None] | None = None,
                  stopping: Callable[[], bool] | None = None) -> Iterator[bytes]:
-    """Yield SSE frames until the client goes (seen on its socket before a write, or
-    the server's write fails and closes this generator), the reader is dropped, the
-    hub closes, or ``stopping()`` (looked at every :data:`STOP_CHECK_INTERVAL` s at
-    least) says the server is shutting down.
+    """Yield SSE frames until the client goes, the reader is dropped, the hub closes,
+    or ``stopping()`` (looked at every :data:`STOP_CHECK_INTERVAL` s at least) says the
+    server is shutting down.
+
+    The first frame goes through the server. Then, where the server allows it
+    (:func:`._stream_writer.server_framing`), the process's stream writer writes the
+    rest straight to ``sock`` and this generator only waits for it to finish
+    (:func:`._stream_writer.take_over`); else this generator writes every frame
+    (:func:`_generator_frames`). Both pace the writes the same way
+    (:mod:`._stream_pacing`).
+    """
+    try:
+        yield f"retry: {retry_ms}\n: connected\n\n".encode()
+        chunked = server_framing(sock, sys._getframe(1))
+        if sock is not None and chunked is not None:
+            take_over(sock, sub, hub, heartbeat, linger, wakeups, stopping, chunked)
+            return
+        yield from _generator_frames(hub, sub, heartbeat, linger, wakeups, sock, stopping)
+    finally:
+        sub.close()
+        if release is not None:
+            release()
+
+
+def _generator_frames(hub: Hub, sub: Subscription, heartbeat: float, linger: float,
+                      wakeups: float, sock: socket.socket | None,
+                      stopping: Callable[[], bool] | None) -> Iterator[bytes]:
+    """The stream written by its own generator (no socket to hand to the writer).
 
     After each write the reader sleeps :func:`stream_pause` (``streams / wakeups``,
     the streams of every process of the host on a feed file hub, of this process
@@ -278,38 +276,27 @@ def event_stream(hub: Hub, sub: Subscription, heartbeat: float, retry_ms: int, l
     """
     look = heartbeat if stopping is None else min(heartbeat, STOP_CHECK_INTERVAL)
     chunk = max(1, hub.client_queue)
-    try:
-        yield f"retry: {retry_ms}\n: connected\n\n".encode()
-        quiet_since = peer_checked = time.monotonic()
-        while True:
-            if stopping is not None and stopping():
+    quiet_since = peer_checked = time.monotonic()
+    while True:
+        if stopping is not None and stopping():
+            return
+        try:
+            count, data = read_batch(sub, look, chunk)
+        except SubscriberDroppedError:
+            return
+        now = time.monotonic()
+        if not count or now - peer_checked >= PEER_CHECK_INTERVAL:
+            if peer_gone(sock):  # idle: at every look; writing: once a second
                 return
-            try:
-                count, data = sub.next_frames(look)
-                if count >= chunk:
-                    count, data = _more_frames(sub, count, data, chunk)
-            except SubscriberDroppedError:
-                return
-            now = time.monotonic()
-            if not count or now - peer_checked >= PEER_CHECK_INTERVAL:
-                if peer_gone(sock):  # idle: at every look; writing: once a second
-                    return
-                peer_checked = now
-            if not count and now - quiet_since < heartbeat - 1e-3:
-                continue  # only a look at the server: no heartbeat due yet
-            quiet_since = now
-            if count:
-                yield data
-                if len(data) >= BATCH_BYTES:
-                    continue  # a backlog handed out in batches: no pause until it is drained
-                pause = stream_pause(_paced(hub), linger, wakeups)
-                if pause > 0:
-                    # To a multiple of pause (at least linger away): streams wake together.
-                    wait = pause - time.monotonic() % pause
-                    time.sleep(wait + pause if wait < linger else wait)
-            else:
-                yield b": heartbeat\n\n"
-    finally:
-        sub.close()
-        if release is not None:
-            release()
+            peer_checked = now
+        if not count and now - quiet_since < heartbeat - 1e-3:
+            continue  # only a look at the server: no heartbeat due yet
+        quiet_since = now
+        if count:
+            yield data
+            if len(data) >= BATCH_BYTES:
+                continue  # a backlog handed out in batches: no pause until it is drained
+            pause = stream_pause(paced_streams(hub), linger, wakeups)
+            sleep_until(next_write_at(time.monotonic(), pause, linger))
+        else:
+            yield b": heartbeat\n\n"

@@ -70,6 +70,8 @@ SAFE_FIRST_WORDS: set[str] = {"max", "min", "num", "total", "count", "is", "has"
 
 #: Multi-word parts added by :func:`add_secret_key_parts` (``vault_pin`` -> (vault, pin)).
 _sequences: set[tuple[str, ...]] = set()
+#: True once an added part holds a number (``2fa``): key decisions may tell digits apart.
+digit_parts = False
 _WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
 _cache: dict[str, bool] = {}
 _CACHE_MAX = 8_192
@@ -82,6 +84,24 @@ CACHES: list[dict[str, object]] = [_cache]  # type: ignore[list-item]
 generation = 0
 
 
+_needles: tuple[str, ...] | None = None
+
+
+def secret_word_needles() -> tuple[str, ...]:
+    """Lowercase substrings one of which every secret key holds (a necessary condition
+    of :func:`is_secret_key`, for a quick test of whole strings): the secret words, their
+    endings, ``key``, the first word of each added sequence, and ``identified`` (SQL's
+    ``IDENTIFIED BY``); none holding another."""
+    global _needles
+    needles = _needles
+    if needles is None:
+        words = {*SECRET_KEY_PARTS, *SECRET_WORD_ENDINGS, "key", "identified",
+                 *(seq[0] for seq in _sequences)}
+        needles = _needles = tuple(sorted(
+            w for w in words if not any(o != w and o in w for o in words)))
+    return needles
+
+
 def key_words(key: str) -> list[str]:
     """The lowercased words of a key name (``"X-Auth-Token"`` -> ``["x", "auth", "token"]``)."""
     return [w.lower() for w in _WORD.findall(key)]
@@ -89,9 +109,10 @@ def key_words(key: str) -> list[str]:
 
 def rules_changed() -> None:
     """Forget every cached decision (call it after a rule or a registered secret changed)."""
-    global generation
+    global generation, _needles
     with _lock:
         generation += 1
+        _needles = None
         for cache in CACHES:
             cache.clear()
 
@@ -100,8 +121,11 @@ def add_secret_key_parts(*parts: str) -> None:
     """Treat keys holding any of ``parts`` as secrets from now on. A part is matched
     word for word: ``pin`` matches ``vault_pin`` and ``pinCode`` but not ``spinner``;
     ``vault_pin`` matches ``vault_pin_v2`` but not ``vault`` alone."""
+    global digit_parts
     for part in parts:
         words = tuple(key_words(str(part)))
+        if any(word.isdigit() for word in words):
+            digit_parts = True
         if len(words) == 1:
             SECRET_KEY_PARTS.add(words[0])
         elif words:

@@ -20,6 +20,14 @@
 Each becomes ``***``. A string holding none of the characters and words these need
 (``=``, ``:``, ``-``, ``_``, quotes, ``AKIA``, ``eyJ``, ``Bearer``, ...) and no
 registered value is returned as it is after a few substring tests (the fast path).
+
+Strings found clean are remembered by their *shape*: the text with every digit 1-9
+written as 0 (``step 12 of 40`` and ``step 13 of 40`` have one shape). Every built-in
+rule decides the same for all strings of one shape (none of them depends on which digit
+is where), so output lines that differ only in their numbers are scrubbed once.
+Registered values are looked for in the string itself first (a value may be digits);
+with patterns added by :func:`add_secret_patterns`, or key parts holding digits, only
+exact strings are remembered.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from . import _keys
 from ._keys import CACHES, is_secret_key, rules_changed
 
 __all__ = ["REDACTED", "add_secret_patterns", "add_secret_values", "is_secret_flag",
-           "scrub_text"]
+           "scrub_text", "scrub_texts"]
 
 logger = logging.getLogger("otel_runs")
 
@@ -65,7 +73,9 @@ _BASE_DETECTORS: list[_Detector] = [
     (("k_live_", "k_test_"), re.compile(r"\b[rsp]k_(?:live|test)_[A-Za-z0-9]{10,}"), REDACTED),
     (("glpat-",), re.compile(r"\bglpat-[A-Za-z0-9_-]{16,}"), REDACTED),
     (("npm_",), re.compile(r"\bnpm_[A-Za-z0-9]{30,}"), REDACTED),
-    (("pypi-",), re.compile(r"\bpypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{20,}"), REDACTED),
+    # (``[0-9]`` where PyPI tokens hold a 5: every rule must decide alike for all strings of
+    # one shape, see the module docstring.)
+    (("pypi-",), re.compile(r"\bpypi-AgEIcHlwaS[0-9]vcmc[A-Za-z0-9_-]{20,}"), REDACTED),
     (("sk-",), re.compile(r"\bsk-(?:proj-|ant-|svcacct-)?[A-Za-z0-9_-]{20,}"), REDACTED),
     (("earer", "EARER"), re.compile(
         r"\b((?i:bearer)[ \t]+)(?:(?=[A-Za-z0-9._~+/-]*[0-9._~+/-])[A-Za-z0-9._~+/-]{8,}"
@@ -78,13 +88,17 @@ _BASE_DETECTORS: list[_Detector] = [
 _detectors: list[_Detector] = list(_BASE_DETECTORS)
 _always: list[re.Pattern[str]] = []  # added patterns without anchors: run on every string
 
-#: Strings (up to :data:`_CLEAN_CACHE_CHARS`) known to hold no secret: returned at once.
-_clean: dict[str, bool] = {}
+#: Shapes (or strings) up to :data:`_CLEAN_CACHE_CHARS` known to hold no secret.
+_clean: dict[bytes | str, bool] = {}
 CACHES.append(_clean)  # type: ignore[arg-type]
 _CLEAN_CACHE_MAX = 4_096
 _CLEAN_CACHE_CHARS = 256
 #: Substrings one of which added patterns need (see :func:`add_secret_patterns`).
 _extra_anchors: tuple[str, ...] = ()
+
+#: Digits 1-9 -> 0 (a string's shape, see the module docstring).
+_SHAPE = bytes.maketrans(b"123456789", b"000000000")
+_by_shape = True  # False once a rule may tell digits apart (added patterns, digit key parts)
 
 _values: dict[str, None] = {}  # insertion-ordered
 _values_re: re.Pattern[str] | None = None
@@ -134,8 +148,9 @@ def add_secret_patterns(*patterns: str | re.Pattern[str], anchors: Iterable[str]
     them skip the pattern; without anchors the pattern runs on every string (slower)."""
     compiled = [p if isinstance(p, re.Pattern) else re.compile(p) for p in patterns]
     keys = tuple(anchors)
-    global _extra_anchors
+    global _extra_anchors, _by_shape
     with _lock:
+        _by_shape = False  # an added pattern may tell digits apart
         for pattern in compiled:
             if keys:
                 _detectors.append((keys, pattern, REDACTED))
@@ -153,30 +168,59 @@ def is_secret_flag(item: str) -> bool:
 
 def scrub_text(text: str) -> str:
     """``text`` with every secret it holds replaced by ``***`` (see the module docstring)."""
-    if text in _clean:
-        return text
     seen = _keys.generation  # before the rules are read: see _keys.generation
     values = _values_re
     if values is not None and values.search(text) is not None:
         return _scrub_shapes(values.sub(REDACTED, text))
-    # The fast path: one substring test per anchor of the built-in rules, spelled out
-    # (this runs for every string a run records).
-    if ("=" in text or ":" in text or "-" in text or "_" in text or "'" in text
-            or '"' in text or "AKIA" in text or "ASIA" in text or "AIza" in text
-            or "eyJ" in text or "earer" in text or "EARER" in text or "asic" in text
-            or "ASIC" in text or _always):
-        scrubbed = _scrub_shapes(text)
-        if scrubbed is not text:
-            return scrubbed
-    elif _extra_anchors:
+    if _by_shape and not _keys.digit_parts:
+        key: bytes | str = text.encode("utf-8", "surrogatepass").translate(_SHAPE)
+    else:
+        key = text
+    if key in _clean:
+        return text
+    if _always or _may_hold_secret(text):
         scrubbed = _scrub_shapes(text)
         if scrubbed is not text:
             return scrubbed
     if len(text) <= _CLEAN_CACHE_CHARS and seen == _keys.generation:
         if len(_clean) >= _CLEAN_CACHE_MAX:
             _clean.clear()
-        _clean[text] = True
+        _clean[key] = True
     return text
+
+
+def _may_hold_secret(text: str) -> bool:
+    """False when no rule can match ``text`` (a necessary condition of each, tested with
+    plain substring tests, spelled out: this runs for every string a run records)."""
+    # Every built-in token shape holds one of these (``gh`` for ghp_/.../github_pat_,
+    # ``k_`` for sk_live_/rk_test_/...), then those of added patterns.
+    if ("://" in text or "gh" in text or "k_" in text or "sk-" in text or "eyJ" in text
+            or "AKIA" in text or "ASIA" in text or "AIza" in text or "xox" in text
+            or "earer" in text or "EARER" in text or "asic" in text or "ASIC" in text
+            or "npm_" in text or "pypi-" in text or "glpat-" in text or "-----BEGIN" in text):
+        return True
+    for anchor in _extra_anchors:
+        if anchor in text:
+            return True
+    # key=value, key: value, --option value, WORD 'literal': only after a secret word.
+    if "=" in text or ":" in text or "-" in text or "'" in text or '"' in text:
+        low = text.lower()
+        for word in _keys.secret_word_needles():
+            if word in low:
+                return True
+    return False
+
+
+def scrub_texts(texts: list[str]) -> list[str]:
+    """:func:`scrub_text` of each string (lines without a newline); ``texts`` itself when
+    all are known clean, which is found for all of them at once (the lines of a tool's
+    output mostly differ only in their numbers)."""
+    if _by_shape and not _keys.digit_parts and _values_re is None:
+        joined = "\n".join(texts).encode("utf-8", "surrogatepass")
+        shapes = joined.translate(_SHAPE).split(b"\n")
+        if len(shapes) == len(texts) and all(map(_clean.__contains__, shapes)):
+            return texts
+    return [scrub_text(text) for text in texts]
 
 
 def _scrub_shapes(text: str) -> str:

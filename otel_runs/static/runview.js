@@ -120,7 +120,7 @@
       if (stopped) return;
       const parts = [header(run, opts), failure(run)];
       parts.push(section("spans", `Timeline (${spans.length} span${spans.length === 1 ? "" : "s"})`,
-        spans.length || run.status !== "running" ? R.timeline(run, spans) : el("p", { class: "muted pad", text: "Spans appear when the run ends." })));
+        spans.length || run.status !== "running" ? R.timeline(run, spans) : el("p", { class: "muted pad", text: "Child spans appear here as they end." })));
       parts.push(out().section);
       parts.push(section("events", `Events (${(run.events || []).length})`, eventsTable(run, start)));
       parts.push(section("metadata", "Metadata", Object.keys(run.metadata || {}).length

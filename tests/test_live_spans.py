@@ -1,0 +1,95 @@
+"""A long run's child spans are journaled while it runs: another process reads its
+timeline so far (the ledger and ``/api/runs/<id>``), before the run ends; at the end
+each span is there once; a short run journals nothing more. Real child process, real
+git repository, real Flask app."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import wait_until
+from flask import Flask
+
+import otel_runs
+from otel_runs import api
+from otel_runs.flask import RunTracking
+from otel_runs.ledger import Ledger, ledger_for
+
+LONG_RUN = """
+import sys, time
+from opentelemetry import trace
+import otel_runs
+root = sys.argv[1]
+otel_runs.configure(root)
+tracer = trace.get_tracer("steps")
+with otel_runs.tracked_run(root, "deploy", "deploy:k8s", summary="rolling out") as run:
+    print(run.run_id, flush=True)
+    for i in range(4):
+        with tracer.start_as_current_span(f"step {i}"):
+            time.sleep(0.3)
+    print("waiting", flush=True)
+    sys.stdin.readline()  # until the test has looked
+    with tracer.start_as_current_span("last step"):
+        pass
+otel_runs.shutdown()
+"""
+
+
+def span_names(spans: list[dict]) -> list[str]:
+    return [s["name"] for s in spans]
+
+
+def test_another_process_sees_a_running_runs_child_spans_before_it_ends(git_repo: Path) -> None:
+    child = subprocess.Popen([sys.executable, "-c", LONG_RUN, str(git_repo)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    reader = Ledger(git_repo)
+    app = Flask("live-spans")
+    app.config["PROJECT_ROOT"] = str(git_repo)
+    RunTracking(app)
+    api.register(app, app.extensions["otel_runs"])
+    client = app.test_client()
+    try:
+        assert child.stdin is not None and child.stdout is not None
+        run_id = child.stdout.readline().strip()
+        assert child.stdout.readline().strip() == "waiting"
+        # Every step ended after the run had run 0.5 s is journaled within ~0.5 s, the
+        # earlier ones with it.
+        spans = wait_until(lambda: (lambda got: got if len(got) == 4 else None)(
+            reader.spans(run_id)), timeout=30)
+        assert sorted(span_names(spans)) == [f"step {i}" for i in range(4)]
+        run = reader.get(run_id)
+        assert run is not None and run.status == "running"
+        body = client.get(f"/api/runs/{run_id}").get_json()
+        assert body["run"]["status"] == "running"
+        assert sorted(span_names(body["spans"])) == [f"step {i}" for i in range(4)]
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.wait(60) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+        reader.close()
+    ledger = ledger_for(git_repo)
+    assert ledger.flush(60)
+    done = ledger.spans(run_id)
+    assert sorted(span_names(done)) == sorted([f"step {i}" for i in range(4)] + ["last step"])
+    assert client.get(f"/api/runs/{run_id}").get_json()["run"]["status"] == "ok"
+
+
+def test_a_short_run_journals_no_spans_while_it_runs(git_repo: Path) -> None:
+    from opentelemetry import trace
+
+    otel_runs.configure(git_repo)
+    tracer = trace.get_tracer("short")
+    with otel_runs.tracked_run(git_repo, "deploy", "deploy:k8s") as run:
+        for i in range(3):
+            with tracer.start_as_current_span(f"quick {i}"):
+                pass
+    ledger = ledger_for(git_repo)
+    journal = b"".join(p.read_bytes() for p in Path(ledger.journal_dir).glob("*.jsonl"))
+    assert b'"lines":[],"spans"' not in journal
+    assert ledger.flush(30)
+    assert sorted(span_names(ledger.spans(run.run_id))) == ["quick 0", "quick 1", "quick 2"]
