@@ -29,6 +29,7 @@ with otel_runs.tracked_run(root, "deploy", "deploy:k8s", summary="rolling out") 
     for i in range(4):
         with tracer.start_as_current_span(f"step {i}"):
             time.sleep(0.3)
+        run.add_event("step done", step=i, password="hunter2")
     print("waiting", flush=True)
     sys.stdin.readline()  # until the test has looked
     with tracer.start_as_current_span("last step"):
@@ -59,11 +60,16 @@ def test_another_process_sees_a_running_runs_child_spans_before_it_ends(git_repo
         spans = wait_until(lambda: (lambda got: got if len(got) == 4 else None)(
             reader.spans(run_id)), timeout=30)
         assert sorted(span_names(spans)) == [f"step {i}" for i in range(4)]
-        run = reader.get(run_id)
-        assert run is not None and run.status == "running"
+        run = wait_until(lambda: (lambda r: r if r is not None and len(r.events) == 4 else None)(
+            reader.get(run_id)), timeout=30)  # and its events so far (scrubbed)
+        assert run.status == "running"
+        assert [e["attributes"]["step"] for e in run.events] == [0, 1, 2, 3]
+        assert all(e["attributes"]["password"] == "***" for e in run.events)
         body = client.get(f"/api/runs/{run_id}").get_json()
-        assert body["run"]["status"] == "running"
+        assert body["run"]["status"] == "running" and len(body["run"]["events"]) == 4
         assert sorted(span_names(body["spans"])) == [f"step {i}" for i in range(4)]
+        journal = b"".join(p.read_bytes() for p in Path(reader.journal_dir).glob("*.jsonl"))
+        assert b"hunter2" not in journal
         child.stdin.write("go\n")
         child.stdin.flush()
         assert child.wait(60) == 0
@@ -77,6 +83,42 @@ def test_another_process_sees_a_running_runs_child_spans_before_it_ends(git_repo
     done = ledger.spans(run_id)
     assert sorted(span_names(done)) == sorted([f"step {i}" for i in range(4)] + ["last step"])
     assert client.get(f"/api/runs/{run_id}").get_json()["run"]["status"] == "ok"
+
+
+EARLY_SPAN = """
+import sys, time
+from opentelemetry import trace
+import otel_runs
+root = sys.argv[1]
+otel_runs.configure(root)
+with otel_runs.tracked_run(root, "deploy", "deploy:k8s") as run:
+    with trace.get_tracer("early").start_as_current_span("resolve"):
+        pass
+    print(run.run_id, flush=True)  # nothing more ends until the test has looked
+    sys.stdin.readline()
+otel_runs.shutdown()
+"""
+
+
+def test_a_span_that_ended_early_in_a_long_run_shows_while_it_runs(git_repo: Path) -> None:
+    child = subprocess.Popen([sys.executable, "-c", EARLY_SPAN, str(git_repo)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    reader = Ledger(git_repo)
+    try:
+        assert child.stdin is not None and child.stdout is not None
+        run_id = child.stdout.readline().strip()
+        spans = wait_until(lambda: reader.spans(run_id) or None, timeout=30)
+        assert span_names(spans) == ["resolve"]
+        run = reader.get(run_id)
+        assert run is not None and run.status == "running" and run.events == []
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.wait(60) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+        reader.close()
 
 
 def test_a_short_run_journals_no_spans_while_it_runs(git_repo: Path) -> None:

@@ -276,6 +276,7 @@ def test_a_running_run_page_tails_its_output(site: Site, browser: Any, shots: Pa
     # Child spans that ended show in the timeline while the run runs (journaled as they end).
     expect(page.locator('#timeline li[data-span="prefetch"]')).to_have_count(1, timeout=30_000)
     expect(page.locator('#timeline li[data-span="git fetch"]')).to_have_count(1)
+    expect(page.locator("#events")).to_contain_text("queued")  # its events so far too
     expect(page.locator(".run-title .badge")).to_have_text("running")
     page.screenshot(path=str(shots / "run-live-laptop.png"))
     box.evaluate("b => { b.scrollTop = 0; }")  # the reader scrolls up: the tail stops

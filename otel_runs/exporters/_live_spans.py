@@ -1,103 +1,102 @@
-"""Child spans of a long run, journaled while it runs: every process of the host then
-shows the run's timeline so far (the ledger's journal view reads them), not only once
-it ended.
+"""Child spans and events of a long run, journaled while it runs: every process of the
+host then shows the run's timeline and events so far (the ledger's journal view reads
+them), not only once it ended.
 
-A run that has run for :data:`LIVE_AFTER` seconds gets the child spans that end from
-then on (with the earlier ones) journaled in chunks, at most every :data:`INTERVAL`
-seconds, by one thread per process; a run shorter than that (a request) costs nothing
-more. Its end record holds every child span, as before: these chunks are for readers
-only, and are dropped with the run's segment once it is committed.
+One thread per process, ticking every :data:`INTERVAL` seconds while runs are open,
+looks at each run open for :data:`LIVE_AFTER` seconds or more: child spans kept for it
+since the last look, and its events if it has new ones, go into one journal chunk. A
+run shorter than that (a request) costs a dict store and a pop. Its end record holds
+every child span and event, as before: these chunks are for readers only, and are
+dropped with the run's segment once it is committed (the journal writes no chunk for a
+run that already ended there).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from opentelemetry.sdk.trace import Span
+
+from .._model import span_events
+
 __all__ = ["INTERVAL", "LIVE_AFTER", "LiveSpans"]
 
-#: Seconds a run runs before its child spans are journaled while it runs.
+#: Seconds a run runs before its child spans and events are journaled while it runs.
 LIVE_AFTER = 0.5
-#: Most time (s) a child span of such a run waits before it is journaled.
+#: Seconds between two looks at the open runs.
 INTERVAL = 0.5
+#: Ticks without an open run after which the thread stops (the next run starts another).
+_IDLE_TICKS = 20
+
+_Journal = Callable[[str, list[dict[str, Any]], "list[dict[str, Any]] | None"], None]
 
 
 class LiveSpans:
-    """Which open runs have child spans not journaled yet, and the thread that writes
-    them: ``children(run_id, n)`` gives a run's kept child spans from the n-th on;
-    ``journal(run_id, spans)`` journals some."""
+    """The open runs of one ledger processor and the thread that journals what they did
+    so far: ``children(run_id, n)`` gives a run's kept child spans from the n-th on;
+    ``journal(run_id, spans, events)`` writes a chunk (``events``: all of them so far, or
+    None when none are new)."""
 
     def __init__(self, children: Callable[[str, int], list[dict[str, Any]]],
-                 journal: Callable[[str, list[dict[str, Any]]], None]) -> None:
+                 journal: _Journal) -> None:
         self._children, self._journal = children, journal
         self._lock = threading.Lock()
-        self._started: dict[str, float] = {}  # open run -> when it started (monotonic)
-        self._sent: dict[str, int] = {}  # open run -> child spans journaled
-        self._dirty: set[str] = set()
-        self._wake = threading.Event()
+        #: open run -> (when it started (monotonic), its span, spans and events journaled)
+        self._open: dict[str, list[Any]] = {}
         self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
         self._closed = False
 
-    def run_started(self, run_id: str) -> None:
-        self._started[run_id] = time.monotonic()
+    def run_started(self, run_id: str, span: Span) -> None:
+        self._open[run_id] = [time.monotonic(), span, 0, 0]
+        if self._thread is None and not self._closed:
+            with self._lock:
+                if self._thread is None and not self._closed:
+                    self._thread = threading.Thread(target=self._run, daemon=True,
+                                                    name="otel-runs-live-spans")
+                    self._thread.start()
 
     def run_ended(self, run_id: str) -> None:
-        """The run ended (its end record holds its spans): nothing more to journal."""
-        started = self._started.get(run_id)
-        if started is not None and time.monotonic() - started < LIVE_AFTER:
-            self._started.pop(run_id, None)  # a short run: none of its spans was marked
-            return
-        with self._lock:
-            self._started.pop(run_id, None)
-            self._sent.pop(run_id, None)
-            self._dirty.discard(run_id)
-
-    def child_ended(self, run_id: str) -> None:
-        """A child span of ``run_id`` was kept: journal it soon if the run is long."""
-        started = self._started.get(run_id)
-        if started is None or run_id in self._dirty or time.monotonic() - started < LIVE_AFTER:
-            return
-        with self._lock:
-            if self._closed or run_id not in self._started:
-                return
-            self._dirty.add(run_id)
-            if self._pid != os.getpid():  # a forked child: a thread of its own
-                self._pid, self._thread = os.getpid(), None
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, daemon=True,
-                                                name="otel-runs-live-spans")
-                self._thread.start()
-        self._wake.set()
+        """The run ended: its end record holds everything (a chunk being written for it
+        meanwhile is not written: the journal writer checks the run is open)."""
+        self._open.pop(run_id, None)
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._dirty.clear()
-        self._wake.set()
+        self._closed = True
 
     def _run(self) -> None:
+        idle = 0
         while not self._closed:
-            self._wake.wait()
             time.sleep(INTERVAL)
-            with self._lock:
-                self._wake.clear()
-                todo, self._dirty = self._dirty, set()
-            for run_id in todo:
-                self._send(run_id)
+            runs = self._open.copy()
+            if not runs:
+                idle += 1
+                if idle >= _IDLE_TICKS:
+                    with self._lock:
+                        if not self._open:
+                            self._thread = None  # (the next run starts another)
+                            return
+                continue
+            idle = 0
+            now = time.monotonic()
+            for run_id, state in runs.items():
+                if now - state[0] >= LIVE_AFTER:
+                    try:
+                        self._send(run_id, state)
+                    except Exception:  # noqa: BLE001 - never let the thread die
+                        pass
+        with self._lock:
+            self._thread = None
 
-    def _send(self, run_id: str) -> None:
-        with self._lock:
-            if run_id not in self._started:
-                return  # ended meanwhile
-            sent = self._sent.get(run_id, 0)
-        spans = self._children(run_id, sent)
-        if not spans:
+    def _send(self, run_id: str, state: list[Any]) -> None:
+        _, span, sent_spans, sent_events = state
+        spans = self._children(run_id, sent_spans)
+        count = len(span.events)
+        events = span_events(span) if count > sent_events else None
+        if not spans and events is None:
             return
-        self._journal(run_id, spans)  # (logs its own failures)
-        with self._lock:
-            if run_id in self._started:
-                self._sent[run_id] = sent + len(spans)
+        self._journal(run_id, spans, events)  # (logs its own failures)
+        state[2] = sent_spans + len(spans)
+        state[3] = max(sent_events, count)

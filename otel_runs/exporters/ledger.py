@@ -199,7 +199,7 @@ class LedgerRunProcessor(RunProcessor):
             return
         try:
             self._open.add(entry.run_id)
-            self._live.run_started(entry.run_id)
+            self._live.run_started(entry.run_id, span)
             text = entry.start_json()
             if text is None:
                 self.exporter.ledger.record_span_started(span)
@@ -229,7 +229,6 @@ class LedgerRunProcessor(RunProcessor):
             return
         try:
             self.exporter.add_child_span(run_id, span)
-            self._live.child_ended(run_id)
         except Exception:
             _errors.exception("on_end", "otel-runs: could not record a span of run %s",
                               run_id)

@@ -12,9 +12,9 @@ Layout, under ``<git common dir>/otel-runs/journal-<branch>-<hash>/``:
   object a line: ``{"e": "start", "run": {...}}`` when a run starts and
   ``{"e": "end", "run": {...}, "spans": [...], "output": [...]}`` when it ends, and
   ``{"e": "out", "run_id": "...", "lines": [...]}`` chunks of a run's output while it
-  runs, and ``{"e": "out", "run_id": "...", "lines": [], "spans": [...]}`` child spans of
-  a long run as they end (both kept until its end record, which holds the output and
-  every child span, is written) (``run``: a
+  runs, and ``{"e": "out", "run_id": "...", "lines": [], "spans": [...], "events": [...]}``
+  what a long run did so far (both kept until its end record, which holds the output,
+  every child span and every event, is written) (``run``: a
   ``Run.to_dict()``, the same text the live feed sends; or ``span``: a run span's raw
   data, see ``_journal_records``; ``spans``: the child spans). A line is written
   with one ``write()`` on an ``O_APPEND`` descriptor, so a completed write survives

@@ -191,11 +191,15 @@ def output_line(run_id: str, lines: list[dict[str, Any]]) -> bytes:
     return f'{{"e":"out","run_id":{run_json},"lines":{lines_json(lines)}}}\n'.encode()
 
 
-def spans_line(run_id: str, spans: list[dict[str, Any]]) -> bytes:
-    """The journal line of child spans an open run ended so far (sent while it runs):
-    an ``out`` record without lines, so that it is kept and indexed as a chunk is."""
+def spans_line(run_id: str, spans: list[dict[str, Any]],
+               events: list[dict[str, Any]] | None = None) -> bytes:
+    """The journal line of child spans an open run ended (those since the last such line)
+    and, when given, every event it has so far, sent while it runs: an ``out`` record
+    without lines, so that it is kept and indexed as a chunk is."""
     run_json = _STRICT.encode(run_id)
-    return f'{{"e":"out","run_id":{run_json},"lines":[],"spans":{_STRICT.encode(spans)}}}\n'.encode()
+    tail = "" if events is None else ',"events":' + _STRICT.encode(events)
+    return (f'{{"e":"out","run_id":{run_json},"lines":[],"spans":{_STRICT.encode(spans)}'
+            f'{tail}}}\n').encode()
 
 
 def record_output(record: dict[str, Any]) -> list[dict[str, Any]]:

@@ -240,10 +240,24 @@ class ViewRead:
         return b"" if fd is None else os.pread(fd, length, offset)
 
     def get(self, run_id: str) -> Found | None:
-        """The journaled run ``run_id`` (finished, or open: running / interrupted)."""
+        """The journaled run ``run_id`` (finished, or open: running / interrupted; a
+        running run with the events it journaled so far)."""
         with self._view._state:
             cand = self._take(run_id)
-        return None if cand is None else self._decode(cand)
+            chunks = [] if cand is None or cand[2] or cand[3] is not None else [
+                loc for loc in self._view._outputs.get(run_id, ())
+                if loc & 1 and self._open_fd(loc >> 96)]
+        found = None if cand is None else self._decode(cand)
+        if found is None or not chunks:
+            return found
+        for loc in reversed(chunks):  # the newest chunk with events has all of them
+            try:
+                events = decode_line(self._line(loc)).get("events")
+            except (ValueError, OSError):
+                continue
+            if isinstance(events, list):
+                return found._replace(run={**found.run, "events": events})
+        return found
 
     def spans(self, run_id: str) -> list[dict[str, Any]] | None:
         """The child spans journaled with run ``run_id`` (with its end record, or those an

@@ -234,14 +234,16 @@ class Ledger(Reading, Recovering, Committing):
             self._log.warning("journal-output", "otel-runs: could not journal output of run %s "
                               "in %s: %s", run_id, self.journal_dir, exc)
 
-    def record_live_spans(self, run_id: str, spans: list[dict[str, Any]]) -> None:
-        """Journal child spans an open run ended (while it runs, so that every process
-        of the host shows its timeline so far); its end record holds all of them. Not a
-        durability point: failures are logged."""
-        if not is_run_id(run_id) or not spans:
+    def record_live_spans(self, run_id: str, spans: list[dict[str, Any]],
+                          events: list[dict[str, Any]] | None = None) -> None:
+        """Journal child spans an open run ended and (``events``) every event it has so
+        far, while it runs, so that every process of the host shows its timeline and
+        events so far; its end record holds all of them. Not a durability point:
+        failures are logged."""
+        if not is_run_id(run_id) or (not spans and events is None):
             return
         try:
-            self._journal.append_output(run_id, spans_line(run_id, spans))
+            self._journal.append_output(run_id, spans_line(run_id, spans, events))
         except (OSError, ValueError, TypeError) as exc:
             self._log.warning("journal-output", "otel-runs: could not journal spans of run %s "
                               "in %s: %s", run_id, self.journal_dir, exc)
