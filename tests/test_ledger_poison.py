@@ -306,9 +306,17 @@ def test_poison_in_a_dead_journal_is_quarantined_and_every_good_run_committed(
         assert len(logs) == 5 and all("bad journal line" in m for m in logs)
         assert not list(ledger.journal_dir.glob(f"{writer}.*"))  # the journal is gone
         app = runs_app(git_repo)
-        resp = app.test_client().get("/api/runs/recent?limit=100")
-        assert resp.status_code == 200
-        assert set(done) <= {r["run_id"] for r in resp.get_json()["runs"]}
+        listed: set[str] = set()
+        query = "/api/runs/recent?limit=500"
+        while True:  # (every page: the child may have finished hundreds of runs)
+            resp = app.test_client().get(query)
+            assert resp.status_code == 200
+            page = [r["run_id"] for r in resp.get_json()["runs"]]
+            listed.update(page)
+            if len(page) < 500:
+                break
+            query = f"/api/runs/recent?limit=500&before={page[-1]}"
+        assert set(done) <= listed
         assert ledger.recover() == 0
     finally:
         ledger.close()
