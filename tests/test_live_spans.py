@@ -135,3 +135,43 @@ def test_a_short_run_journals_no_spans_while_it_runs(git_repo: Path) -> None:
     assert b'"lines":[],"spans"' not in journal
     assert ledger.flush(30)
     assert sorted(span_names(ledger.spans(run.run_id))) == ["quick 0", "quick 1", "quick 2"]
+
+
+FORKED = """
+import os, sys, time
+from opentelemetry import trace
+import otel_runs
+root = sys.argv[1]
+otel_runs.configure(root)
+with otel_runs.tracked_run(root, "deploy", "deploy:k8s"):  # the parent's thread starts
+    time.sleep(0.6)
+pid = os.fork()
+if pid == 0:
+    with otel_runs.tracked_run(root, "deploy", "deploy:k8s") as run:
+        with trace.get_tracer("forked").start_as_current_span("in the child"):
+            pass
+        print(run.run_id, flush=True)
+        sys.stdin.readline()
+    otel_runs.shutdown()
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+def test_a_forked_child_journals_its_long_runs_spans_too(git_repo: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", FORKED, str(git_repo)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    reader = Ledger(git_repo)
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        run_id = proc.stdout.readline().strip()
+        spans = wait_until(lambda: reader.spans(run_id) or None, timeout=30)
+        assert span_names(spans) == ["in the child"]
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        reader.close()

@@ -13,8 +13,10 @@ run that already ended there).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +50,13 @@ class LiveSpans:
         self._open: dict[str, list[Any]] = {}
         self._thread: threading.Thread | None = None
         self._closed = False
+        _instances.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child has no thread (and none of the parent's open runs)."""
+        self._lock = threading.Lock()
+        self._open = {}
+        self._thread = None
 
     def run_started(self, run_id: str, span: Span) -> None:
         self._open[run_id] = [time.monotonic(), span, 0, 0]
@@ -100,3 +109,14 @@ class LiveSpans:
         self._journal(run_id, spans, events)  # (logs its own failures)
         state[2] = sent_spans + len(spans)
         state[3] = max(sent_events, count)
+
+
+_instances: weakref.WeakSet[LiveSpans] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for live in list(_instances):
+        live._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
