@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from conftest import wait_until
@@ -40,6 +42,27 @@ otel_runs.shutdown()
 
 def span_names(spans: list[dict]) -> list[str]:
     return [s["name"] for s in spans]
+
+
+@contextmanager
+def writer(code: str, root: Path) -> Iterator[tuple[str, Ledger]]:
+    """A child process running ``code`` (it prints its run id, then waits for a line on
+    stdin before its run ends) and a reader of the ledger in this process: yields (run
+    id, reader); afterwards lets the run end and checks the child exited cleanly."""
+    child = subprocess.Popen([sys.executable, "-c", code, str(root)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    reader = Ledger(root)
+    try:
+        assert child.stdin is not None and child.stdout is not None
+        yield child.stdout.readline().strip(), reader
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.wait(60) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+        reader.close()
 
 
 def test_another_process_sees_a_running_runs_child_spans_before_it_ends(git_repo: Path) -> None:
@@ -101,24 +124,11 @@ otel_runs.shutdown()
 
 
 def test_a_span_that_ended_early_in_a_long_run_shows_while_it_runs(git_repo: Path) -> None:
-    child = subprocess.Popen([sys.executable, "-c", EARLY_SPAN, str(git_repo)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    reader = Ledger(git_repo)
-    try:
-        assert child.stdin is not None and child.stdout is not None
-        run_id = child.stdout.readline().strip()
+    with writer(EARLY_SPAN, git_repo) as (run_id, reader):
         spans = wait_until(lambda: reader.spans(run_id) or None, timeout=30)
         assert span_names(spans) == ["resolve"]
         run = reader.get(run_id)
         assert run is not None and run.status == "running" and run.events == []
-        child.stdin.write("go\n")
-        child.stdin.flush()
-        assert child.wait(60) == 0
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(10)
-        reader.close()
 
 
 def test_a_short_run_journals_no_spans_while_it_runs(git_repo: Path) -> None:
@@ -159,19 +169,6 @@ os.waitpid(pid, 0)
 
 
 def test_a_forked_child_journals_its_long_runs_spans_too(git_repo: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", FORKED, str(git_repo)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    reader = Ledger(git_repo)
-    try:
-        assert proc.stdin is not None and proc.stdout is not None
-        run_id = proc.stdout.readline().strip()
+    with writer(FORKED, git_repo) as (run_id, reader):
         spans = wait_until(lambda: reader.spans(run_id) or None, timeout=30)
         assert span_names(spans) == ["in the child"]
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-        assert proc.wait(60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        reader.close()
