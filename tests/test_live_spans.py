@@ -32,7 +32,6 @@ with otel_runs.tracked_run(root, "deploy", "deploy:k8s", summary="rolling out") 
         with tracer.start_as_current_span(f"step {i}"):
             time.sleep(0.3)
         run.add_event("step done", step=i, password="hunter2")
-    print("waiting", flush=True)
     sys.stdin.readline()  # until the test has looked
     with tracer.start_as_current_span("last step"):
         pass
@@ -66,20 +65,13 @@ def writer(code: str, root: Path) -> Iterator[tuple[str, Ledger]]:
 
 
 def test_another_process_sees_a_running_runs_child_spans_before_it_ends(git_repo: Path) -> None:
-    child = subprocess.Popen([sys.executable, "-c", LONG_RUN, str(git_repo)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    reader = Ledger(git_repo)
     app = Flask("live-spans")
     app.config["PROJECT_ROOT"] = str(git_repo)
     RunTracking(app)
     api.register(app, app.extensions["otel_runs"])
     client = app.test_client()
-    try:
-        assert child.stdin is not None and child.stdout is not None
-        run_id = child.stdout.readline().strip()
-        assert child.stdout.readline().strip() == "waiting"
-        # Every step ended after the run had run 0.5 s is journaled within ~0.5 s, the
-        # earlier ones with it.
+    with writer(LONG_RUN, git_repo) as (run_id, reader):
+        # The spans that ended so far, within a look (every 0.5 s) of the run's thread.
         spans = wait_until(lambda: (lambda got: got if len(got) == 4 else None)(
             reader.spans(run_id)), timeout=30)
         assert sorted(span_names(spans)) == [f"step {i}" for i in range(4)]
@@ -93,14 +85,6 @@ def test_another_process_sees_a_running_runs_child_spans_before_it_ends(git_repo
         assert sorted(span_names(body["spans"])) == [f"step {i}" for i in range(4)]
         journal = b"".join(p.read_bytes() for p in Path(reader.journal_dir).glob("*.jsonl"))
         assert b"hunter2" not in journal
-        child.stdin.write("go\n")
-        child.stdin.flush()
-        assert child.wait(60) == 0
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(10)
-        reader.close()
     ledger = ledger_for(git_repo)
     assert ledger.flush(60)
     done = ledger.spans(run_id)

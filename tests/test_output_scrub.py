@@ -123,3 +123,16 @@ def test_a_chunks_json_is_its_lines_encoded_once() -> None:
         text = lines_json(lines)
         assert json.loads(text) == list(lines)
         assert text == _encode_lines(lines) == lines_json(lines)  # the same text each time
+
+
+def test_the_shape_cache_stays_bounded_and_right_when_full() -> None:
+    from otel_runs.redaction import _text
+
+    words = [f"w{'x' * (i % 7)}{chr(97 + i % 26)}{chr(97 + i // 26 % 26)}" for i in range(3 * 4_096)]
+    for i, word in enumerate(words):  # three times as many clean shapes as it holds
+        assert scrub_texts([f"{word} done in {i} ms"]) == [f"{word} done in {i} ms"]
+        assert len(_text._clean) <= _text._CLEAN_CACHE_MAX
+    for text, _ in TEXT_POSITIVES:  # secrets are still found, cached shapes or not
+        assert MARK.search(scrub_text(text)) is None, text
+        if "\n" not in text:  # (a key across lines: RunOutput hides it, test above)
+            assert MARK.search(scrub_texts([text, "clean line 1"])[0]) is None, text

@@ -120,6 +120,20 @@ def record(ledger: Ledger, runs: list[Run], commit: bool) -> None:
         assert ledger.flush(60)
 
 
+def seed(ledger: Ledger, committed: int, journaled: int, running: int) -> list[Run]:
+    """That many runs committed, then finished and not committed, then running (in turn
+    of ``make_run``): all of them, oldest first."""
+    done = [make_run(i) for i in range(committed)]
+    record(ledger, done, commit=True)
+    waiting = [make_run(i) for i in range(committed, committed + journaled)]
+    record(ledger, waiting, commit=False)
+    first = committed + journaled
+    live = [make_run(i, status="running") for i in range(first, first + running)]
+    for run in live:
+        ledger.record_started(run)
+    return done + waiting + live
+
+
 FILTERS: list[dict[str, Any]] = [
     {},
     {"subtype": "docker"},
@@ -210,15 +224,7 @@ def test_counts_count_every_run_of_the_filter_not_one_page(
     """500 committed runs (five pages of the list), 30 finished and not committed, 7
     running: the counts are of all of them, each once."""
     client = app.test_client()
-    ledger = ledger_for(str(git_repo))
-    committed = [make_run(i) for i in range(500)]
-    record(ledger, committed, commit=True)
-    journaled = [make_run(i) for i in range(500, 530)]
-    record(ledger, journaled, commit=False)
-    running = [make_run(i, status="running") for i in range(530, 537)]
-    for run in running:
-        ledger.record_started(run)
-    runs = committed + journaled + running
+    runs = seed(ledger_for(str(git_repo)), 500, 30, 7)
     assert len(get_ids(client, "limit=100")) == 100  # a page of the list is not all of them
     for flt in FILTERS:
         if "status" in flt:
@@ -371,15 +377,7 @@ def test_counts_draw_the_runs_over_time_in_buckets(
     """``buckets=N``: per status in N equal slices of the filter's range, over committed,
     uncommitted and running runs alike (what the page's runs-over-time chart draws)."""
     client = app.test_client()
-    ledger = ledger_for(str(git_repo))
-    committed = [make_run(i) for i in range(300)]
-    record(ledger, committed, commit=True)
-    journaled = [make_run(i) for i in range(300, 320)]
-    record(ledger, journaled, commit=False)
-    running = [make_run(i, status="running") for i in range(320, 325)]
-    for run in running:
-        ledger.record_started(run)
-    runs = committed + journaled + running
+    runs = seed(ledger_for(str(git_repo)), 300, 20, 5)
     for flt, n in (({}, 30), ({"subtype": "docker"}, 7),
                    ({"since": BASE + timedelta(minutes=50), "until": BASE + timedelta(minutes=290)}, 12),
                    ({"rtype": "test", "since": BASE + timedelta(minutes=100)}, 200)):

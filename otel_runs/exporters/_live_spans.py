@@ -82,11 +82,8 @@ class LiveSpans:
             runs = self._open.copy()
             if not runs:
                 idle += 1
-                if idle >= _IDLE_TICKS:
-                    with self._lock:
-                        if not self._open:
-                            self._thread = None  # (the next run starts another)
-                            return
+                if idle >= _IDLE_TICKS and self._stop():
+                    return
                 continue
             idle = 0
             now = time.monotonic()
@@ -96,8 +93,19 @@ class LiveSpans:
                         self._send(run_id, state)
                     except Exception:  # noqa: BLE001 - never let the thread die
                         pass
+
+    def _stop(self) -> bool:
+        """Let the thread end (the next run starts another); False when a run was noted
+        meanwhile and no other thread was started for it: this one carries on."""
         with self._lock:
             self._thread = None
+        if not self._open:  # (else a run noted meanwhile may have seen this thread and started none)
+            return True
+        with self._lock:
+            if self._thread is not None:
+                return True  # another one was started for it
+            self._thread = threading.current_thread()
+        return False
 
     def _send(self, run_id: str, state: list[Any]) -> None:
         _, span, sent_spans, sent_events = state

@@ -38,6 +38,9 @@ class SSESpanProcessor(RunProcessor):
 
     def __init__(self, hub: Hub, project_root: str | os.PathLike[str] | None = None) -> None:
         self.hub = hub
+        # On the feed file, written with the next append (one write for a short run's
+        # run:started, last run:output chunk and run:completed), within 20 ms.
+        self._publish_soon = getattr(hub, "publish_later", hub.publish_json)
         self.project_root = (
             None if project_root is None else str(Path(project_root).expanduser().resolve()))
         add_output_sink(self._publish_output)
@@ -45,11 +48,7 @@ class SSESpanProcessor(RunProcessor):
     def _publish_output(self, entry: OpenRun, lines: list[dict[str, Any]], durable: bool) -> None:
         if self.project_root is None or entry.root == self.project_root:
             run_id = json.dumps(entry.run_id)
-            text = f'{{"run_id":{run_id},"lines":{lines_json(lines)}}}'
-            # On the feed file: joined to the next append (a short run's last chunk goes
-            # out with its run:completed, in one write), within 20 ms.
-            later = getattr(self.hub, "publish_later", None)
-            (self.hub.publish_json if later is None else later)(RUN_OUTPUT, text)
+            self._publish_soon(RUN_OUTPUT, f'{{"run_id":{run_id},"lines":{lines_json(lines)}}}')
 
     def shutdown(self) -> None:
         """Stop publishing output."""
@@ -78,10 +77,7 @@ class SSESpanProcessor(RunProcessor):
             if text is None:
                 self.hub.publish_nowait(RUN_STARTED, entry.start.to_dict())
                 return
-            # The feed file's hub may write it with the next event (for a short run, its
-            # run:completed): one append for both; the journal has the start already.
-            later = getattr(self.hub, "publish_later", None)
-            (self.hub.publish_json if later is None else later)(RUN_STARTED, text)
+            self._publish_soon(RUN_STARTED, text)  # (the journal has the start already)
         except Exception:
             self._hook_failed("on_run_start")
 

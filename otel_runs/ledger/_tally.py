@@ -81,11 +81,11 @@ class RunTally(BranchWalk):
                 times = times_of[key] = array("q")
             ms = id_ms(run_id)
             if times and ms < times[-1]:
-                unsorted.add(key)  # a run committed after newer ones (a long run)
+                unsorted.add(key)  # (newest first from git log; a long run committed late)
             times.append(ms)
             n += 1
         self._runs += n
-        for key in unsorted:  # mostly in order: Timsort is about linear here
+        for key in unsorted:  # one sort per key and call, not one insert per run
             times_of[key] = array("q", sorted(times_of[key]))
 
     def _total(self) -> int:
@@ -125,7 +125,6 @@ class RunTally(BranchWalk):
                 if end > start:
                     out[status] += end - start
             return tip, out
-
 
     def span(self, flt: RunFilter) -> tuple[int, int] | None:
         """``(first, last)`` start time (ms) of the committed runs of ``flt``'s type and

@@ -118,7 +118,8 @@ class FeedHub:
         self._follower: threading.Thread | None = None
         self._stop = threading.Event()
         self._subscribers: set[FeedSubscription] = set()
-        #: ``run:started`` records waiting to join the next append (see ``_feed_later``).
+        #: Records waiting to join the next append (``run:started``, ``run:output``; see
+        #: ``_feed_later``).
         self._later = HeldRecords(self._flush_held)
 
     # -- publishing -------------------------------------------------------------
@@ -175,8 +176,8 @@ class FeedHub:
         try:
             self._write(b"", need_id=False)
         except OSError as exc:
-            _warn.warning("feed-publish", "otel-runs: run:started events not written to the "
-                          "live feed %s: %s", self.feed_dir, exc)
+            _warn.warning("feed-publish", "otel-runs: held events (run:started, run:output) "
+                          "not written to the live feed %s: %s", self.feed_dir, exc)
 
     def _write(self, record: bytes, need_id: bool) -> str:
         """Append the held records and ``record`` with one ``write()`` (see :meth:`_append`)."""

@@ -1,9 +1,10 @@
 """Feed records that may be written a little later, joined to the next append.
 
-A run's ``run:started`` need not reach the feed file the instant the run starts: the
-ledger's journal (what every worker's journal view reads) has it at once. Held here,
-it goes out in the same ``write()`` as the next event this process publishes on the
-feed (for a short run, its own ``run:completed``: one append per run instead of two),
+A run's ``run:started`` (and a chunk of its output, ``run:output``) need not reach the
+feed file the instant it is published: the ledger's journal (what every worker's journal
+view reads) has the run and its output at once. Held here, it goes out in the same
+``write()`` as the next event this process publishes on the feed (for a short run, its
+own ``run:completed``: one append per run instead of two or three),
 and at the latest :data:`LATER_SECONDS` after it was held (a flusher thread, running
 only while records are held, and shortly after). Order is kept: every event this
 process publishes goes out after the records held before it.

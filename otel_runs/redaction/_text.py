@@ -17,9 +17,10 @@
   ``-token x``), and a quoted literal after a secret word (``PASSWORD 'x'``,
   ``IDENTIFIED BY 'x'``).
 
-Each becomes ``***``. A string holding none of the characters and words these need
-(``=``, ``:``, ``-``, ``_``, quotes, ``AKIA``, ``eyJ``, ``Bearer``, ...) and no
-registered value is returned as it is after a few substring tests (the fast path).
+Each becomes ``***``. A string that may hold none of these (no token anchor such as
+``://``, ``gh``, ``AKIA``, ``eyJ``, ``earer``; no separator with a secret word such as
+``pass``, ``token``, ``key`` before it; no registered value) is returned as it is after
+substring tests only (:func:`_may_hold_secret`).
 
 Strings found clean are remembered by their *shape*: the text with every digit 1-9
 written as 0 (``step 12 of 40`` and ``step 13 of 40`` have one shape). Every built-in
@@ -174,8 +175,13 @@ def scrub_text(text: str) -> str:
         return _scrub_shapes(values.sub(REDACTED, text))
     if _by_shape and not _keys.digit_parts:
         key: bytes | str = text.encode("utf-8", "surrogatepass").translate(_SHAPE)
-    else:
-        key = text
+        return _scrub_clean_as(text, key, seen)
+    return _scrub_clean_as(text, text, seen)
+
+
+def _scrub_clean_as(text: str, key: bytes | str, seen: int) -> str:
+    """:func:`scrub_text` of a string holding no registered value, remembered as ``key``
+    (its shape, or itself) when it is clean and the rules are still those of ``seen``."""
     if key in _clean:
         return text
     if _always or _may_hold_secret(text):
@@ -215,11 +221,15 @@ def scrub_texts(texts: list[str]) -> list[str]:
     """:func:`scrub_text` of each string (lines without a newline); ``texts`` itself when
     all are known clean, which is found for all of them at once (the lines of a tool's
     output mostly differ only in their numbers)."""
+    seen = _keys.generation  # before the rules are read: see _keys.generation
     if _by_shape and not _keys.digit_parts and _values_re is None:
         joined = "\n".join(texts).encode("utf-8", "surrogatepass")
         shapes = joined.translate(_SHAPE).split(b"\n")
-        if len(shapes) == len(texts) and all(map(_clean.__contains__, shapes)):
-            return texts
+        if len(shapes) == len(texts):
+            if all(map(_clean.__contains__, shapes)):
+                return texts
+            return [_scrub_clean_as(text, shape, seen)  # (each shape made once)
+                    for text, shape in zip(texts, shapes, strict=True)]
     return [scrub_text(text) for text in texts]
 
 
