@@ -27,7 +27,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from itertools import repeat
 from typing import Any
 
 from ._output_lines import MAX_LINE_CHARS, OutputChunk, clean_controls, clean_line, lines_json
@@ -49,11 +48,15 @@ DEFAULT_MAX_BYTES = 1 << 20
 #: Lines past this many bytes per run (4 x the cap) go to the live sinks only.
 JOURNAL_FACTOR = 4
 
+_time_ns = time.time_ns
+
 #: ``sink(run, lines, durable)``: ``run`` is the run's ``OpenRun``; ``durable`` is False for
 #: chunks past what a run journals (live delivery only).
 OutputSink = Callable[[Any, list[dict[str, Any]], bool], None]
 _sinks: list[OutputSink] = []
 _sinks_lock = threading.Lock()
+#: ``_sinks`` as a tuple, replaced (under the lock) on every change: read without it.
+_sink_tuple: tuple[OutputSink, ...] = ()
 
 def output_max_bytes() -> int:
     """``OTEL_RUNS_OUTPUT_MAX_BYTES`` (default 1 MiB, at least 4 KiB)."""
@@ -66,24 +69,28 @@ def output_max_bytes() -> int:
 
 def add_output_sink(sink: OutputSink) -> None:
     """Hand every run's output chunks to ``sink`` too (a processor's hook)."""
+    global _sink_tuple
     with _sinks_lock:
         if sink not in _sinks:
             _sinks.append(sink)
+            _sink_tuple = tuple(_sinks)
 
 
 def remove_output_sink(sink: OutputSink) -> None:
     """Stop handing output to ``sink``."""
+    global _sink_tuple
     with _sinks_lock:
         if sink in _sinks:
             _sinks.remove(sink)
+            _sink_tuple = tuple(_sinks)
 
 
 # A private key printed line by line: its BEGIN line, the lines after it, and its END line.
 _KEY_BEGIN = re.compile(r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY[A-Z ]{0,10}-----")
 _KEY_END = re.compile(r"-----END[A-Z0-9 ]{0,40}PRIVATE KEY[A-Z ]{0,10}-----")
 
-#: A line as written: (time since the start, stream, text, level, logger).
-_Raw = tuple[float, str, str, "str | None", "str | None"]
+#: A line as written: (``time.time_ns()``, stream, text, level, logger).
+_Raw = tuple[int, str, str, "str | None", "str | None"]
 
 
 class RunOutput:
@@ -97,7 +104,7 @@ class RunOutput:
 
     def __init__(self, run: Any, start_ns: int, max_bytes: int | None = None) -> None:
         self.run = run
-        self._start = start_ns / 1e9
+        self._start_ns = start_ns
         self.max_bytes = output_max_bytes() if max_bytes is None else max_bytes
         self._half = self.max_bytes >> 1
         self._lock = threading.Lock()  # the raw queue and partial lines
@@ -108,6 +115,7 @@ class RunOutput:
         self._raw_chars = 0
         self._partial: dict[str, str] = {}
         self._dirty = False  # handed to the flusher, not flushed since
+        self._queued = False  # handed to the flusher at least once
         self.closed = False
         # Under the send lock:
         self._n = 0
@@ -136,7 +144,7 @@ class RunOutput:
         if partial or "\n" in text or self.closed:
             self._write_lines(stream, text, level, logger, partial)
             return
-        item = (time.time() - self._start, stream, text, level, logger)
+        item = (_time_ns(), stream, text, level, logger)
         with self._lock:  # (one line: the common case, kept short)
             raw = self._raw
             raw.append(item)
@@ -151,13 +159,14 @@ class RunOutput:
         if flush:
             self.flush()
         else:
+            self._queued = True
             _flusher.dirty(self)
 
     def _write_lines(self, stream: str, text: str, level: str | None, logger: str | None,
                      partial: bool) -> None:
         if self.closed:
             return
-        t = time.time() - self._start
+        t = _time_ns()
         if partial:
             with self._lock:
                 text = self._partial.pop(stream, "") + text
@@ -180,6 +189,7 @@ class RunOutput:
         if flush:
             self.flush()
         elif wake:
+            self._queued = True
             _flusher.dirty(self)
 
     def flush(self) -> None:
@@ -196,9 +206,7 @@ class RunOutput:
             durable = self._journaled + size <= self.max_bytes * JOURNAL_FACTOR
             if durable:
                 self._journaled += size
-            with _sinks_lock:
-                sinks = list(_sinks)
-            for sink in sinks:
+            for sink in _sink_tuple:
                 try:
                     sink(self.run, chunk, durable)
                 except Exception:  # noqa: BLE001 - a sink never breaks the run
@@ -219,7 +227,9 @@ class RunOutput:
         count = len(texts)
         numbers = range(first, first + count)
         self._n = first + count
-        stamps = list(map(round, times, repeat(3)))
+        # (seconds since the start, to the millisecond, rounded half up)
+        base = 500_000 - self._start_ns
+        stamps = [(t + base) // 1_000_000 / 1000 for t in times]
         if any(levels):  # log records among them: a level and a logger
             chunk = OutputChunk()
             for n, t, stream, text, level, logger in zip(numbers, stamps, streams, texts,
@@ -234,7 +244,7 @@ class RunOutput:
                                  for n, t, stream, text
                                  in zip(numbers, stamps, streams, texts, strict=True)])
             chunk.columns = (first, stamps, streams, texts)  # (its JSON, made in C)
-        size = sum(map(len, texts)) + 24 * count
+        size = chunk.size = sum(map(len, texts)) + 24 * count
         if not self._tail and self._head_bytes + size <= self._half:
             self._head.extend(chunk)  # (all of it in the head)
             self._head_bytes += size
@@ -292,13 +302,17 @@ class RunOutput:
     def close(self) -> list[dict[str, Any]]:
         """The run ended: send what waits (a last partial line too) and return the lines
         kept (head, the ``meta`` marker if any were dropped, tail)."""
-        with self._lock:
-            rest = [(s, p) for s, p in self._partial.items() if p]
-            self._partial.clear()
-        for stream, text in rest:
-            self.write(stream, text)
+        if self._partial:
+            with self._lock:
+                rest = [(s, p) for s, p in self._partial.items() if p]
+                self._partial.clear()
+            for stream, text in rest:
+                self.write(stream, text)
         self.closed = True
-        return self.kept()  # (which sends what waits)
+        kept = self.kept()  # (which sends what waits)
+        if self._queued:  # the flusher may hold it: it need not, until its next tick
+            _flusher.forget(self)
+        return kept
 
     def kept(self) -> list[dict[str, Any]]:
         """The lines kept so far (waiting ones are sent first), with the marker where
@@ -348,6 +362,12 @@ class _Flusher:
                                                 name="otel-runs-output")
                 self._thread.start()
         self._wake.set()
+
+    def forget(self, output: RunOutput) -> None:
+        """``output`` was flushed and closed: not held until the next tick (what it holds is
+        freed when its run is, without the garbage collector)."""
+        with self._lock:
+            self._dirty.pop(id(output), None)
 
     def _run(self) -> None:
         idle = 0

@@ -54,7 +54,7 @@ class OutputChunk(list):  # type: ignore[type-arg]
     """Lines a :class:`RunOutput` made, handed to the sinks together; :meth:`json`
     encodes them once for all sinks."""
 
-    __slots__ = ("_json", "columns")
+    __slots__ = ("_json", "columns", "size")
 
     def json(self) -> str:
         """The lines as one compact JSON array (the same text for every sink)."""

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -160,7 +161,9 @@ class _OutputFile(io.TextIOBase):
 
     def __init__(self, handle: RunHandle, stream: str) -> None:
         super().__init__()
-        self._handle, self._stream = handle, stream
+        # (weakly: the handle holds this file, and a cycle would outlive the run until
+        # the garbage collector ran; the run's scope holds the handle while it runs)
+        self._handle, self._stream = weakref.ref(handle), stream
 
     def writable(self) -> bool:
         return True
@@ -168,7 +171,8 @@ class _OutputFile(io.TextIOBase):
     def write(self, text: str) -> int:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        out = self._handle.output_buffer()
+        handle = self._handle()
+        out = handle.output_buffer() if handle is not None else None
         if out is not None and text:
             out.write(self._stream, text, partial=True)
         return len(text)
@@ -321,6 +325,8 @@ class RunScope:
             span.end(end_ns)
         finally:
             run_closed(self._entry)
+            if self._entry.output is not None:  # every sink has it: no cycle left for the
+                self._entry.output.run = None   # garbage collector to find (run <-> output)
         error = self._entry.journal_error
         if error is not None and exc is None:  # OTEL_RUNS_ON_JOURNAL_ERROR=raise
             self._entry.journal_error = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -62,5 +63,72 @@ def test_a_long_run_is_on_the_feed_while_it_runs_and_a_short_one_in_order(
                    timeout=5)
     with otel_runs.tracked_run(git_repo, "deploy", "deploy:k8s") as short:
         pass
-    kinds = [kind for kind, body in _records(feed) if short.run_id.encode() in body]
-    assert kinds == [b"run:started", b"run:completed"]
+    # no stream of this process is open: its run:completed is held too (within 20 ms)
+    wait_until(lambda: [kind for kind, body in _records(feed) if short.run_id.encode() in body]
+               == [b"run:started", b"run:completed"], timeout=5)
+
+
+def test_a_short_run_is_one_write_off_the_request_path_and_flush_writes_it(
+        tmp_path: Path, git_repo: Path, monkeypatch) -> None:  # noqa: ANN001, ARG001
+    app = Flask("feed-soon")
+    app.config["PROJECT_ROOT"] = str(git_repo)
+    RunTracking(app)
+    hub = app.extensions["otel_runs"].extra.get("hub")
+    feed = Path(hub.feed_dir)
+    hub.writer.open()  # (the first generation made before counting)
+    hub._later._delay = 30.0  # (the flusher would write them within 20 ms: not during the test)
+    feed_writes: list[bytes] = []
+    real = os.write
+    feed_fd = hub.writer._fd
+
+    def counting(fd: int, data: bytes) -> int:
+        if fd == hub.writer._fd:
+            feed_writes.append(bytes(data))
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", counting)
+    with otel_runs.tracked_run(git_repo, "deploy", "deploy:k8s") as run:
+        run.log("step 1: applied deployment/web")
+    assert feed_fd is not None and feed_writes == []  # nothing on the request thread
+    assert otel_runs.flush()  # writes what the hub holds
+    assert len(feed_writes) == 1  # the run's three events in one write, in order
+    kinds = [kind for kind, body in _records(feed) if run.run_id.encode() in body]
+    assert kinds == [b"run:started", b"run:output", b"run:completed"]
+    output = [body for kind, body in _records(feed) if kind == b"run:output"][-1]
+    assert json.loads(output) == {"run_id": run.run_id, "lines": [
+        {"n": 0, "t": json.loads(output)["lines"][0]["t"], "stream": "out",
+         "text": "step 1: applied deployment/web"}]}
+
+
+def test_with_a_stream_of_this_process_open_run_completed_is_written_at_once(
+        tmp_path: Path, git_repo: Path) -> None:  # noqa: ARG001
+    app = Flask("feed-streaming")
+    app.config["PROJECT_ROOT"] = str(git_repo)
+    RunTracking(app)
+    hub = app.extensions["otel_runs"].extra.get("hub")
+    sub = hub.subscribe()
+    try:
+        with otel_runs.tracked_run(git_repo, "deploy", "deploy:k8s") as run:
+            pass
+        kinds = [kind for kind, body in _records(Path(hub.feed_dir))
+                 if run.run_id.encode() in body]
+        assert kinds == [b"run:started", b"run:completed"]  # written before the block returned
+        got = [e.type for e in sub.next_batch(1.0) if run.run_id in e.data]
+        assert got == ["run:started", "run:completed"]
+    finally:
+        sub.close()
+
+
+def test_a_held_function_that_fails_is_left_out_and_the_others_go(tmp_path: Path) -> None:
+    hub = FeedHub(tmp_path / "feed")
+
+    def broken() -> str:
+        raise ValueError("cannot encode")
+
+    hub.publish_later("run:started", '{"n":5}')
+    hub.publish_later("run:output", broken, 10)
+    hub.publish_later("run:output", lambda: '{"n":6}', 10)
+    hub.publish("run:completed", {"n": 7})
+    assert _records(hub.feed_dir) == [(b"run:started", b'{"n":5}'), (b"run:output", b'{"n":6}'),
+                                      (b"run:completed", b'{"n":7}')]
+    hub.close()

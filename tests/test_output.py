@@ -5,11 +5,13 @@ the ledger, the API and the CLI. Real git repositories, real subprocesses, real 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import subprocess
 import sys
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +85,31 @@ def test_a_run_without_output_has_no_file_and_an_empty_output(git_repo: Path) ->
     names = git(git_repo, "ls-tree", "-r", "--name-only", "scp-ledger")
     assert "output.log" not in names
     assert ledger.output("20200101T000000000Z-0000000000") is None
+
+
+def test_a_finished_runs_output_is_freed_by_reference_counting(git_repo: Path) -> None:
+    """No cycle (the run and its output) and no tick of the flusher holds a finished run's
+    lines: at thousands of runs a second, the garbage collector would sweep them."""
+    app = make_app(git_repo)  # every sink: journal, live feed
+    assert app.extensions["otel_runs"].extra.get("hub") is not None
+    gc.collect()
+    gc.disable()
+    try:
+        refs = []
+        for i in range(50):
+            with otel_runs.tracked_run(git_repo, "deploy", "deploy:k8s") as run:
+                run.log(f"step {i}: applied deployment/web")
+                print("and through the file", file=run.output)
+                logging.getLogger("tests.freed").warning("and through logging")
+                buffer = run.output_buffer()
+                assert buffer is not None
+                refs.append(weakref.ref(buffer))
+            del run, buffer
+        alive = sum(ref() is not None for ref in refs)
+    finally:
+        gc.enable()
+    assert alive == 0
+    assert otel_runs.flush()
 
 
 def test_secrets_and_control_sequences_never_reach_the_ledger(git_repo: Path) -> None:

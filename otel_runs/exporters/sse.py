@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -30,25 +29,42 @@ class SSESpanProcessor(RunProcessor):
 
     The event data is ``Run.to_dict()`` (the API's JSON), as the text the open run
     encoded once for every consumer (the journal line holds the same text). Publishing
-    never waits on clients (the hub's ``publish_json``; on the feed file, ``run:started``
-    through ``publish_later``: it joins the next append, within 20 ms). With ``project_root`` set,
-    only runs recorded for that project are published. Chunks of a run's output are
-    published as ``run:output`` while it runs.
+    never waits on clients (the hub's ``publish_json``). On the feed file, ``run:started``
+    and ``run:output`` join the next append (``publish_later``, within 20 ms; the output's
+    JSON is made then), and so does ``run:completed`` while no stream of this process is
+    open (``publish_soon``): a short run is one append, off the request path. With
+    ``project_root`` set, only runs recorded for that project are published. Chunks of a
+    run's output are published as ``run:output`` while it runs.
     """
 
     def __init__(self, hub: Hub, project_root: str | os.PathLike[str] | None = None) -> None:
         self.hub = hub
         # On the feed file, written with the next append (one write for a short run's
         # run:started, last run:output chunk and run:completed), within 20 ms.
+        self._publish_later = getattr(hub, "publish_later", None)
         self._publish_soon = getattr(hub, "publish_later", hub.publish_json)
+        self._publish_end = getattr(hub, "publish_soon", hub.publish_json)
         self.project_root = (
             None if project_root is None else str(Path(project_root).expanduser().resolve()))
         add_output_sink(self._publish_output)
 
     def _publish_output(self, entry: OpenRun, lines: list[dict[str, Any]], durable: bool) -> None:
         if self.project_root is None or entry.root == self.project_root:
-            run_id = json.dumps(entry.run_id)
-            self._publish_soon(RUN_OUTPUT, f'{{"run_id":{run_id},"lines":{lines_json(lines)}}}')
+            run_id = entry.run_id  # (no character of a run id is escaped in JSON: _ids)
+            if self._publish_later is None:
+                self.hub.publish_json(RUN_OUTPUT,
+                                      f'{{"run_id":"{run_id}","lines":{lines_json(lines)}}}')
+                return
+            self._publish_later(
+                RUN_OUTPUT, lambda: f'{{"run_id":"{run_id}","lines":{lines_json(lines)}}}',
+                getattr(lines, "size", None) or sum(len(line["text"]) + 48 for line in lines))
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Write the events the hub holds for a later append (a feed file's) now."""
+        flush = getattr(self.hub, "flush_held", None)
+        if flush is not None:
+            flush()
+        return True
 
     def shutdown(self) -> None:
         """Stop publishing output."""
@@ -89,7 +105,7 @@ class SSESpanProcessor(RunProcessor):
             if text is None:
                 self.hub.publish_nowait(RUN_COMPLETED, entry.end_run(span).to_dict())
             else:
-                self.hub.publish_json(RUN_COMPLETED, text)
+                self._publish_end(RUN_COMPLETED, text)
         except Exception:
             self._hook_failed("on_run_end")
 

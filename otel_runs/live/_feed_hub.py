@@ -25,6 +25,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -140,19 +141,48 @@ class FeedHub:
             _warn.warning("feed-publish", "otel-runs: %s event not written to the live feed "
                           "%s: %s", event_type, self.feed_dir, exc)
 
-    def publish_later(self, event_type: str, text: str | bytes) -> None:
+    def publish_later(self, event_type: str,
+                      text: str | bytes | Callable[[], str | bytes], size: int = 0) -> None:
         """:meth:`publish_json`, written with the next event this hub publishes (one
-        ``write()`` for both, in order) or within ``LATER_SECONDS`` (``_feed_later``)."""
+        ``write()`` for both, in order) or within ``LATER_SECONDS`` (``_feed_later``).
+        ``text`` may be a function making it, called when the event is written (``size``:
+        about how long its text is)."""
         validate_event_type(event_type)
         try:
-            record = self._record(event_type, text if isinstance(text, bytes) else text.encode())
+            if callable(text):
+                make = text
+
+                def record() -> bytes:
+                    made = make()
+                    return self._record(event_type, made if isinstance(made, bytes)
+                                        else made.encode())
+
+                with self._later.lock:
+                    if self._later.hold(record, size + 32):
+                        return
+                self._write(record(), need_id=False)
+                return
+            held = self._record(event_type, text if isinstance(text, bytes) else text.encode())
             with self._later.lock:
-                if self._later.hold(record):
+                if self._later.hold(held):
                     return
-            self._write(record, need_id=False)
+            self._write(held, need_id=False)
         except (OSError, ValueError) as exc:
             _warn.warning("feed-publish", "otel-runs: %s event not written to the live feed "
                           "%s: %s", event_type, self.feed_dir, exc)
+
+    def publish_soon(self, event_type: str, text: str | bytes) -> None:
+        """:meth:`publish_json` while a stream of this process is open (it gets the event
+        at once), else :meth:`publish_later`: no stream here waits for it, and the other
+        processes' followers find it in the file within ``LATER_SECONDS`` more."""
+        if self._active:
+            self.publish_json(event_type, text)
+        else:
+            self.publish_later(event_type, text)
+
+    def flush_held(self) -> None:
+        """Write the events held for a later append now (failures are logged)."""
+        self._flush_held()
 
     def publish_nowait(self, event_type: str, data: Any) -> None:
         """:meth:`publish` that never raises for the feed (a failure is logged)."""
