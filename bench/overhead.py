@@ -14,9 +14,16 @@ Cases, interleaved round by round (shuffled order) through the Flask test client
      with a Prometheus reader and the ``/metrics`` route; when the ``prometheus`` extra is
      installed)
   s  for scale: case a plus one plain nested span in the view (no otel-runs at all)
+  f  for scale, the floor of this design without otel-runs: case a plus, in the view, one
+     span with a run's attributes (five at its start, three at its end) and two appends
+     to an O_APPEND file the size of a run's journal records (its start, before the view
+     runs; its end, before the span ends): what a run that is a span and is journaled
+     before its block continues and before it returns costs at least, with no JSON, no
+     scrubbing, no processor, no live feed
 Prints the median per-request time of each case and, as medians of per-round ratios,
 b/a (goal <= 1.2), c/a (goal <= 1.25), d/a (goal <= 1.35), m/d (metrics on against the
-same wiring without them, goal <= 1.05) and s/a (what any extra span costs here).
+same wiring without them, goal <= 1.05), s/a (what any extra span costs here) and f/a
+(the floor above).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import random
 import statistics
 import subprocess
@@ -79,6 +87,33 @@ def nested_span() -> Flask:
             return _view()
 
     app = Flask("s")
+    app.add_url_rule("/k8s/apply", "apply", view, methods=["POST"])
+    FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
+    return app
+
+
+def floor(journal: Path) -> Flask:
+    provider = TracerProvider()
+    tracer = provider.get_tracer("bench")
+    fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    start_record = b"s" * 400 + b"\n"  # (about the sizes of case d's journal records)
+    end_record = b"e" * 480 + b"\n"
+
+    def view() -> Any:
+        span = tracer.start_span("deploy:k8s", attributes={
+            "otel_runs.run.id": "20261202T120000000Z-0123456789", "otel_runs.run.type": "deploy",
+            "otel_runs.run.subtype": "deploy:k8s", "cicd.pipeline.name": "deploy:k8s",
+            "cicd.pipeline.run.id": "20261202T120000000Z-0123456789"})
+        os.write(fd, start_record)
+        try:
+            return _view()
+        finally:
+            span.set_attributes({"otel_runs.run.status": "ok", "cicd.pipeline.result": "success",
+                                 "otel_runs.run.summary": "applied 3 objects"})
+            os.write(fd, end_record)
+            span.end()
+
+    app = Flask("f")
     app.add_url_rule("/k8s/apply", "apply", view, methods=["POST"])
     FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
     return app
@@ -214,16 +249,18 @@ def main() -> None:
     except ImportError:
         print("ledger not available: case c skipped")
     cases["s"] = nested_span
+    cases["f"] = lambda: floor(tmp / "floor.journal")
     apps = {name: make() for name, make in cases.items()}
 
     med, ratio = interleaved(apps, args.rounds, args.requests, args.by_request,
-                             pairs=(("m", "d"),))
+                             pairs=(("m", "d"), ("d", "f")))
     otel_runs.flush()
     labels = {"a": "FlaskInstrumentor only", "b": "+ @run_tracked, no-op RunProcessor",
               "c": "+ git ledger (journal on request path)",
               "d": "RunTracking(app): ledger + live feed",
               "m": "d + run metrics (Prometheus reader)",
-              "s": "a + one plain nested span (for scale)"}
+              "s": "a + one plain nested span (for scale)",
+              "f": "a + a run's span and two appends (floor)"}
     for name, value in med.items():
         print(f"{name}  {labels[name]:<42} median {value:8.1f} us/request")
     print(f"ratio b/a = {ratio['b']:.2f}  (goal <= 1.20)")
@@ -234,6 +271,9 @@ def main() -> None:
     if "m" in ratio:
         print(f"ratio m/d = {ratio['m/d']:.3f}  (goal <= 1.05; m/a = {ratio['m']:.2f})")
     print(f"ratio s/a = {ratio['s']:.2f}  (for scale: one plain span, no otel-runs)")
+    print(f"ratio f/a = {ratio['f']:.2f}  (for scale: the floor of a journaled span, no otel-runs;"
+          f" d/f = {ratio['d/f']:.2f})" if "d/f" in ratio else
+          f"ratio f/a = {ratio['f']:.2f}  (for scale: the floor of a journaled span, no otel-runs)")
     otel_runs.shutdown()
 
 

@@ -83,12 +83,20 @@ class RunTracking:
 
 
 def _default_excluded_urls(app: Flask) -> str:
-    """:data:`DEFAULT_EXCLUDED_URLS`, and the metrics endpoint when it is on (a scrape
-    every few seconds is no request worth a trace)."""
+    """:data:`DEFAULT_EXCLUDED_URLS`, the metrics endpoint when it is on (a scrape every
+    few seconds is no request worth a trace), and what the standard
+    ``OTEL_PYTHON_FLASK_EXCLUDED_URLS`` (else ``OTEL_PYTHON_EXCLUDED_URLS``) names: the
+    instrumentation reads those only when it is given no list, and it is given this one."""
     from .metrics._flask import endpoint_path
 
+    urls = [DEFAULT_EXCLUDED_URLS]
     path = endpoint_path(app)
-    return DEFAULT_EXCLUDED_URLS if path is None else f"{DEFAULT_EXCLUDED_URLS},{path}"
+    if path is not None:
+        urls.append(path)
+    standard = (os.environ.get("OTEL_PYTHON_FLASK_EXCLUDED_URLS")
+                or os.environ.get("OTEL_PYTHON_EXCLUDED_URLS") or "")
+    urls += [url.strip() for url in standard.split(",") if url.strip() and url.strip() not in urls]
+    return ",".join(urls)
 
 
 class _AppState:

@@ -312,6 +312,27 @@ def test_event_stream_is_excluded_from_request_instrumentation(
     assert not [t for t in targets if t and t.startswith("/api/events")]  # ...but not the stream
 
 
+def test_the_standard_flask_excluded_urls_variable_is_honoured(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``OTEL_PYTHON_FLASK_EXCLUDED_URLS`` is read by the instrumentation only when it is
+    given no list: RunTracking's list includes it (and still the stream)."""
+    monkeypatch.setenv("OTEL_PYTHON_FLASK_EXCLUDED_URLS", "healthz, /api/events")
+    recorder = _SpanRecorder()
+    app = make_app(tmp_path)
+
+    @app.get("/healthz")
+    def healthz() -> str:
+        return "ok"
+
+    otel_runs.configure(str(tmp_path), ledger=False, processors=[recorder])
+    assert app.config["OTEL_RUNS_EXCLUDED_URLS"] == "/api/events,healthz"
+    client = app.test_client()
+    assert client.get("/healthz").status_code == 200
+    assert client.post("/deploy/ok").status_code == 200
+    targets = [_target(s) for s in recorder.started]
+    assert "/deploy/ok" in targets and "/healthz" not in targets
+
+
 def _target(span: Any) -> str | None:
     attrs = span.attributes or {}
     for key in ("url.path", "http.target", "http.route"):
