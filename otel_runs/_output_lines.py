@@ -78,15 +78,27 @@ _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=Fa
 _quote = json.encoder.encode_basestring  # (the C one: a JSON string, non-ASCII kept)
 
 
-_LINE = '{"n":%d,"t":%r,"stream":%s,"text":%s}'
+class _QuotedStreams(dict):  # type: ignore[type-arg]
+    """A stream's name as a JSON string (the usual ones made once)."""
+
+    def __missing__(self, stream: str) -> str:
+        return _quote(stream)
+
+
+_STREAM_JSON = _QuotedStreams({name: _quote(name) for name in ("out", "err", "log", "meta")})
+_float_text = float.__repr__
 
 
 def _encode_columns(first: int, stamps: list[float], streams: tuple[str, ...],
                     texts: list[str]) -> str:
-    """Lines without a level (numbered from ``first``) as JSON, field by field in C."""
-    return "[" + ",".join(map(_LINE.__mod__, zip(
-        range(first, first + len(texts)), stamps, map(_quote, streams), map(_quote, texts),
-        strict=True))) + "]"
+    """Lines without a level (numbered from ``first``) as JSON, field by field (each
+    distinct time written once: the lines of a chunk mostly share their millisecond)."""
+    times = {t: _float_text(t) for t in set(stamps)}
+    quoted = _STREAM_JSON
+    return "[" + ",".join([f'{{"n":{n},"t":{times[t]},"stream":{quoted[stream]},"text":'
+                           f'{_quote(text)}}}' for n, t, stream, text in zip(
+                               range(first, first + len(texts)), stamps, streams, texts,
+                               strict=True)]) + "]"
 
 
 def _encode_lines(lines: list[dict[str, Any]]) -> str:
