@@ -32,7 +32,8 @@ from otel_runs.live import (
     hub_from_settings,
     parse_event_id,
 )
-from otel_runs.live._feed import FeedCursor, encode_record, generations
+from otel_runs.live._feed import encode_record, generations
+from otel_runs.live._feed_cursor import FeedCursor
 
 ROOT = Path(__file__).resolve().parents[1]
 

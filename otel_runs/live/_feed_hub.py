@@ -7,7 +7,7 @@ One follower thread per hub polls the file (``fstat``, every ``poll_interval``) 
 the events of other processes, only while a stream is open; it stops
 ``idle_timeout`` s after the last one closed, and publishing then only appends.
 
-The buffer is the in-process hub's (:class:`~._hub.EventHub`): the newest
+The buffer is the in-process hub's (:class:`~._event_hub.EventHub`): the newest
 ``buffer_size`` events, at most ``max_bytes`` (``OTEL_RUNS_SSE_BUFFER_BYTES``), their
 SSE frames encoded once for every stream, readers with a cursor dropped by the same
 rules. A reader further back (a ``Last-Event-ID`` replay, a lagging one) reads the
@@ -33,7 +33,6 @@ from .._ratelimit import RateLimitedLog
 from ._feed import (
     GENERATION_BYTES,
     KEEP_GENERATIONS,
-    FeedCursor,
     FeedGap,
     FeedWriter,
     Position,
@@ -42,6 +41,7 @@ from ._feed import (
     is_boundary,
 )
 from ._feed_census import StreamCensus
+from ._feed_cursor import FeedCursor
 from ._feed_later import HeldRecords
 from ._feed_sub import FeedSubscription, feed_events
 from ._hub import (

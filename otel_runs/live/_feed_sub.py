@@ -9,7 +9,8 @@ import weakref
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from ._feed import FeedCursor, FeedGap, Position, Record
+from ._feed import FeedGap, Position, Record
+from ._feed_cursor import FeedCursor
 from ._hub import RESET_EVENT, Event, SubscriberDroppedError, _dumps
 
 if TYPE_CHECKING:

@@ -42,8 +42,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ._event_hub import EventHub
 from ._feed_hub import FeedHub
-from ._hub import EventHub, Hub, SubscriberDroppedError, Subscription
+from ._hub import Hub, SubscriberDroppedError, Subscription
 from ._stream_pacing import (
     BATCH_BYTES,
     STOP_CHECK_INTERVAL,
