@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ._output_flusher import OutputFlusher
 from ._output_lines import MAX_LINE_CHARS, OutputChunk, clean_controls, clean_line, lines_json
 from .redaction import REDACTED
 from .redaction._text import scrub_texts
@@ -339,64 +340,5 @@ class RunOutput:
         return self._dropped
 
 
-class _Flusher:
-    """One thread per process flushing outputs with waiting lines every FLUSH_INTERVAL.
-    While it ticks (lines came within the last :data:`_IDLE_TICKS` ticks), marking an
-    output is a dict store under a lock: no wake-up per run."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._dirty: dict[int, RunOutput] = {}
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._awake = False  # the thread ticks: no need to wake it
-
-    def dirty(self, output: RunOutput) -> None:
-        with self._lock:
-            self._dirty[id(output)] = output
-            if self._awake:
-                return
-            self._awake = True
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, daemon=True,
-                                                name="otel-runs-output")
-                self._thread.start()
-        self._wake.set()
-
-    def forget(self, output: RunOutput) -> None:
-        """``output`` was flushed and closed: not held until the next tick (what it holds is
-        freed when its run is, without the garbage collector)."""
-        with self._lock:
-            self._dirty.pop(id(output), None)
-
-    def _run(self) -> None:
-        idle = 0
-        while True:
-            self._wake.wait()
-            time.sleep(FLUSH_INTERVAL)
-            with self._lock:
-                todo, self._dirty = self._dirty, {}
-                if not todo:
-                    idle += 1
-                    if idle >= _IDLE_TICKS:  # nothing for a while: wait to be woken
-                        idle = 0
-                        self._awake = False
-                        self._wake.clear()
-                    continue
-            idle = 0
-            for output in todo.values():
-                output.flush()
-
-    def after_fork_in_child(self) -> None:
-        """A forked child has no flusher thread: it starts one of its own when needed."""
-        self._lock = threading.Lock()
-        self._dirty = {}
-        self._wake = threading.Event()
-        self._thread = None
-        self._awake = False
-
-
-#: Empty ticks after which the flusher thread waits to be woken again.
-_IDLE_TICKS = 10
-_flusher = _Flusher()
+_flusher = OutputFlusher(FLUSH_INTERVAL)
 os.register_at_fork(after_in_child=_flusher.after_fork_in_child)
