@@ -23,6 +23,16 @@ def _records(feed: Path) -> list[tuple[bytes, bytes]]:
     return out
 
 
+def _tracked_hub(root: Path, name: str) -> FeedHub:
+    """The feed hub of a fresh app with the default wiring on ``root``."""
+    app = Flask(name)
+    app.config["PROJECT_ROOT"] = str(root)
+    RunTracking(app)
+    hub = app.extensions["otel_runs"].extra.get("hub")
+    assert isinstance(hub, FeedHub)
+    return hub
+
+
 def test_a_held_record_goes_out_with_the_next_event_in_one_write(tmp_path: Path,
                                                                  monkeypatch) -> None:  # noqa: ANN001
     hub = FeedHub(tmp_path / "feed")
@@ -53,10 +63,7 @@ def test_a_held_record_is_written_soon_without_another_event(tmp_path: Path) -> 
 
 def test_a_long_run_is_on_the_feed_while_it_runs_and_a_short_one_in_order(
         tmp_path: Path, git_repo: Path) -> None:  # noqa: ARG001
-    app = Flask("feed-later")
-    app.config["PROJECT_ROOT"] = str(git_repo)
-    RunTracking(app)
-    hub = app.extensions["otel_runs"].extra.get("hub")
+    hub = _tracked_hub(git_repo, "feed-later")
     with otel_runs.tracked_run(git_repo, "deploy", "deploy:k8s") as run:
         feed = Path(hub.feed_dir)
         wait_until(lambda: any(run.run_id.encode() in body for _, body in _records(feed)),
@@ -70,10 +77,7 @@ def test_a_long_run_is_on_the_feed_while_it_runs_and_a_short_one_in_order(
 
 def test_a_short_run_is_one_write_off_the_request_path_and_flush_writes_it(
         tmp_path: Path, git_repo: Path, monkeypatch) -> None:  # noqa: ANN001, ARG001
-    app = Flask("feed-soon")
-    app.config["PROJECT_ROOT"] = str(git_repo)
-    RunTracking(app)
-    hub = app.extensions["otel_runs"].extra.get("hub")
+    hub = _tracked_hub(git_repo, "feed-soon")
     feed = Path(hub.feed_dir)
     hub.writer.open()  # (the first generation made before counting)
     hub._later._delay = 30.0  # (the flusher would write them within 20 ms: not during the test)
@@ -102,10 +106,7 @@ def test_a_short_run_is_one_write_off_the_request_path_and_flush_writes_it(
 
 def test_with_a_stream_of_this_process_open_run_completed_is_written_at_once(
         tmp_path: Path, git_repo: Path) -> None:  # noqa: ARG001
-    app = Flask("feed-streaming")
-    app.config["PROJECT_ROOT"] = str(git_repo)
-    RunTracking(app)
-    hub = app.extensions["otel_runs"].extra.get("hub")
+    hub = _tracked_hub(git_repo, "feed-streaming")
     sub = hub.subscribe()
     try:
         with otel_runs.tracked_run(git_repo, "deploy", "deploy:k8s") as run:
