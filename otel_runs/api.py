@@ -26,7 +26,7 @@ App config (``app.config``, defaults set at registration):
 ``OTEL_RUNS_SSE_SLOW_AFTER`` (...once its stream has not come back for 2.0 s),
 ``OTEL_RUNS_SSE_RETRY_MS`` (2000, the browser's reconnect delay),
 ``OTEL_RUNS_SSE_LINGER`` (0.05 s: the least time a stream waits after a write, so
-the events of a burst are sent together), ``OTEL_RUNS_SSE_WAKEUPS`` (500: how often
+the events of a burst are sent together), ``OTEL_RUNS_SSE_WAKEUPS`` (800: how often
 per second all streams of the host together may write; with many streams each waits
 ``streams / wakeups`` s, at most 1 s — lower it for less CPU, raise it for less latency),
 ``OTEL_RUNS_SSE_MAX_STREAMS`` (None: from the server, see :mod:`otel_runs._streams`),

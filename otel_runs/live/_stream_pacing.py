@@ -23,9 +23,9 @@ __all__ = [
 #: All streams of a hub (of the host, on a feed file) together write at most about this
 #: often per second (the default of ``OTEL_RUNS_SSE_WAKEUPS``) while each waits less than
 #: :data:`MAX_PAUSE` (``streams / wakeups`` s after a write): 100 streams write every
-#: 0.2 s. One write costs about 0.03 ms of CPU on the process's stream writer (0.15 ms
+#: 0.125 s. One write costs about 0.03 ms of CPU on the process's stream writer (0.15 ms
 #: through the WSGI server: measured with ``bench/fanout.py``).
-STREAM_WAKEUPS_PER_SECOND = 500.0
+STREAM_WAKEUPS_PER_SECOND = 800.0
 #: The longest a stream waits after a write (then each stream writes once a second).
 MAX_PAUSE = 1.0
 #: What one write of a stream carries at most when more is queued (bytes): the rest
