@@ -244,7 +244,7 @@ class RunOutput:
             chunk = OutputChunk([{"n": n, "t": t, "stream": stream, "text": text}
                                  for n, t, stream, text
                                  in zip(numbers, stamps, streams, texts, strict=True)])
-            chunk.columns = (first, stamps, streams, texts)  # (its JSON, made in C)
+            chunk.columns = (first, stamps, streams, texts)  # (its JSON is made from these)
         size = chunk.size = sum(map(len, texts)) + 24 * count
         if not self._tail and self._head_bytes + size <= self._half:
             self._head.extend(chunk)  # (all of it in the head)
