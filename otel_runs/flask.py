@@ -95,7 +95,9 @@ def _default_excluded_urls(app: Flask) -> str:
         urls.append(path)
     standard = (os.environ.get("OTEL_PYTHON_FLASK_EXCLUDED_URLS")
                 or os.environ.get("OTEL_PYTHON_EXCLUDED_URLS") or "")
-    urls += [url.strip() for url in standard.split(",") if url.strip() and url.strip() not in urls]
+    for url in (part.strip() for part in standard.split(",")):
+        if url and url not in urls:
+            urls.append(url)
     return ",".join(urls)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 from conftest import wait_until
@@ -13,6 +14,7 @@ import otel_runs
 from otel_runs.flask import RunTracking
 from otel_runs.live import FeedHub
 from otel_runs.live._feed import generations, parse_records
+from otel_runs.live._feed_later import MAX_HELD_BYTES
 
 
 def _records(feed: Path) -> list[tuple[bytes, bytes]]:
@@ -80,21 +82,20 @@ def test_a_short_run_is_one_write_off_the_request_path_and_flush_writes_it(
     hub = _tracked_hub(git_repo, "feed-soon")
     feed = Path(hub.feed_dir)
     hub.writer.open()  # (the first generation made before counting)
-    hub._later._delay = 30.0  # (the flusher would write them within 20 ms: not during the test)
-    feed_writes: list[bytes] = []
+    feed_writes: list[tuple[int, bytes]] = []  # (the writing thread, what it wrote)
     real = os.write
-    feed_fd = hub.writer._fd
 
     def counting(fd: int, data: bytes) -> int:
         if fd == hub.writer._fd:
-            feed_writes.append(bytes(data))
+            feed_writes.append((threading.get_ident(), bytes(data)))
         return real(fd, data)
 
     monkeypatch.setattr(os, "write", counting)
     with otel_runs.tracked_run(git_repo, "deploy", "deploy:k8s") as run:
         run.log("step 1: applied deployment/web")
-    assert feed_fd is not None and feed_writes == []  # nothing on the request thread
-    assert otel_runs.flush()  # writes what the hub holds
+    ours = threading.get_ident()
+    assert [data for thread, data in feed_writes if thread == ours] == []  # none on this thread
+    assert otel_runs.flush()  # writes what the hub still holds (the flusher may have already)
     assert len(feed_writes) == 1  # the run's three events in one write, in order
     kinds = [kind for kind, body in _records(feed) if run.run_id.encode() in body]
     assert kinds == [b"run:started", b"run:output", b"run:completed"]
@@ -133,3 +134,34 @@ def test_a_held_function_that_fails_is_left_out_and_the_others_go(tmp_path: Path
     assert _records(hub.feed_dir) == [(b"run:started", b'{"n":5}'), (b"run:output", b'{"n":6}'),
                                       (b"run:completed", b'{"n":7}')]
     hub.close()
+
+
+def test_held_records_stay_within_their_bound_and_go_out_in_order_when_full(
+        tmp_path: Path) -> None:
+    hub = FeedHub(tmp_path / "feed")
+    body = "x" * 1000
+    sent = []
+    for i in range(3 * MAX_HELD_BYTES // 1000):  # three times what may be held
+        text = f'{{"n":{i},"pad":"{body}"}}'
+        if i % 2:
+            hub.publish_later("run:output", lambda text=text: text, len(text))
+        else:
+            hub.publish_later("run:started", text)
+        sent.append(text.encode())
+        assert hub._later._bytes <= MAX_HELD_BYTES
+    hub.flush_held()
+    assert [data for _, data in _records(hub.feed_dir)] == sent  # all of them, once, in order
+    hub.close()
+
+
+def test_twenty_thousand_short_runs_reach_the_feed_once_each_in_order(git_repo: Path) -> None:
+    hub = _tracked_hub(git_repo, "feed-many")
+    ids = []
+    for _ in range(20_000):
+        with otel_runs.tracked_run(git_repo, "deploy", "deploy:k8s") as run:
+            pass
+        ids.append(run.run_id)
+    assert otel_runs.flush()
+    seen = [(kind, json.loads(body)["run_id"]) for kind, body in _records(Path(hub.feed_dir))]
+    assert seen == [(kind, run_id) for run_id in ids
+                    for kind in (b"run:started", b"run:completed")]

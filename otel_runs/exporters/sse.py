@@ -40,9 +40,10 @@ class SSESpanProcessor(RunProcessor):
     def __init__(self, hub: Hub, project_root: str | os.PathLike[str] | None = None) -> None:
         self.hub = hub
         # On the feed file, written with the next append (one write for a short run's
-        # run:started, last run:output chunk and run:completed), within 20 ms.
+        # run:started, last run:output chunk and run:completed), within 20 ms; run:completed
+        # at once while a stream of this process is open. Other hubs publish at once.
         self._publish_later = getattr(hub, "publish_later", None)
-        self._publish_soon = getattr(hub, "publish_later", hub.publish_json)
+        self._publish_start = self._publish_later or hub.publish_json
         self._publish_end = getattr(hub, "publish_soon", hub.publish_json)
         self.project_root = (
             None if project_root is None else str(Path(project_root).expanduser().resolve()))
@@ -51,13 +52,15 @@ class SSESpanProcessor(RunProcessor):
     def _publish_output(self, entry: OpenRun, lines: list[dict[str, Any]], durable: bool) -> None:
         if self.project_root is None or entry.root == self.project_root:
             run_id = entry.run_id  # (no character of a run id is escaped in JSON: _ids)
+
+            def text() -> str:
+                return f'{{"run_id":"{run_id}","lines":{lines_json(lines)}}}'
+
             if self._publish_later is None:
-                self.hub.publish_json(RUN_OUTPUT,
-                                      f'{{"run_id":"{run_id}","lines":{lines_json(lines)}}}')
-                return
-            self._publish_later(
-                RUN_OUTPUT, lambda: f'{{"run_id":"{run_id}","lines":{lines_json(lines)}}}',
-                getattr(lines, "size", None) or sum(len(line["text"]) + 48 for line in lines))
+                self.hub.publish_json(RUN_OUTPUT, text())
+            else:  # (the JSON is made when the event is written)
+                self._publish_later(RUN_OUTPUT, text, getattr(lines, "size", None)
+                                    or sum(len(line["text"]) + 48 for line in lines))
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Write the events the hub holds for a later append (a feed file's) now."""
@@ -93,7 +96,7 @@ class SSESpanProcessor(RunProcessor):
             if text is None:
                 self.hub.publish_nowait(RUN_STARTED, entry.start.to_dict())
                 return
-            self._publish_soon(RUN_STARTED, text)  # (the journal has the start already)
+            self._publish_start(RUN_STARTED, text)  # (the journal has the start already)
         except Exception:
             self._hook_failed("on_run_start")
 
