@@ -20,16 +20,22 @@ Cases, interleaved round by round (shuffled order) through the Flask test client
      runs; its end, before the span ends): what a run that is a span and is journaled
      before its block continues and before it returns costs at least, with no JSON, no
      scrubbing, no processor, no live feed
+  g  for scale, a run written by hand in the view, without otel-runs: what f does plus
+     what every run must do at least (a run id, the span current while the view runs,
+     the start and end records encoded as JSON from a dict, the summary read from the
+     body, ``X-Run-Id`` and ``run_id`` added to the response); no registry, no processor,
+     no scrubbing, no live feed, no pending queue
 Prints the median per-request time of each case and, as medians of per-round ratios,
 b/a (goal <= 1.2), c/a (goal <= 1.25), d/a (goal <= 1.35), m/d (metrics on against the
-same wiring without them, goal <= 1.05), s/a (what any extra span costs here) and f/a
-(the floor above).
+same wiring without them, goal <= 1.05), s/a (what any extra span costs here), f/a
+(the floor above) and g/a, d/g (the run written by hand).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import random
@@ -43,8 +49,10 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, jsonify
+from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import set_span_in_context
 
 import otel_runs
 from otel_runs.exporters import RunProcessor, run_project_root
@@ -114,6 +122,62 @@ def floor(journal: Path) -> Flask:
             span.end()
 
     app = Flask("f")
+    app.add_url_rule("/k8s/apply", "apply", view, methods=["POST"])
+    FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
+    return app
+
+
+def by_hand(journal: Path) -> Flask:
+    provider = TracerProvider()
+    tracer = provider.get_tracer("bench")
+    fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    encode = json.JSONEncoder(separators=(",", ":")).encode
+    scan = json.JSONDecoder().scan_once
+    draw = random.Random().getrandbits
+    second: list[Any] = [-1, ""]
+
+    def iso(ns: int) -> str:
+        sec = ns // 1_000_000_000
+        if second[0] != sec:
+            second[:] = [sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))]
+        return f"{second[1]}.{ns // 1000 % 1_000_000:06d}Z"
+
+    def view() -> Any:
+        start = time.time_ns()
+        stamp = iso(start)
+        run_id = (f"{stamp[:4]}{stamp[5:7]}{stamp[8:10]}T{stamp[11:13]}{stamp[14:16]}"
+                  f"{stamp[17:19]}{stamp[20:23]}Z-{draw(40):010x}")
+        span = tracer.start_span("deploy:k8s", start_time=start, attributes={
+            "otel_runs.run.id": run_id, "otel_runs.run.type": "deploy",
+            "otel_runs.run.subtype": "deploy:k8s", "cicd.pipeline.name": "deploy:k8s",
+            "cicd.pipeline.run.id": run_id})
+        ids = span.get_span_context()
+        run = {"run_id": run_id, "type": "deploy", "subtype": "deploy:k8s", "status": "running",
+               "summary": "", "started_at": stamp, "ended_at": None, "duration_ms": None,
+               "metadata": {}, "trace_id": format(ids.trace_id, "032x"),
+               "span_id": format(ids.span_id, "016x"), "parent_run_id": None,
+               "service": "bench", "events": []}
+        os.write(fd, f'{{"e":"start","run":{encode(run)}}}\n'.encode())
+        token = otel_context.attach(set_span_in_context(span))
+        try:
+            response = _view()
+        finally:
+            otel_context.detach(token)
+        response.headers["X-Run-Id"] = run_id
+        raw = response.response[0]
+        body, _ = scan(raw.decode(), 0)
+        summary = body.get("summary") or ""
+        response.set_data(raw[:-2] + b',"run_id":"' + run_id.encode() + b'"}\n')
+        span.set_attributes({"otel_runs.run.status": "ok", "cicd.pipeline.result": "success",
+                             "otel_runs.run.summary": summary})
+        end = time.time_ns()
+        run.update(status="ok", summary=summary, ended_at=iso(end),
+                   duration_ms=round((end - start) / 1e6, 3))
+        os.write(fd, f'{{"e":"end","run":{encode(run)},"spans":[]}}\n'.encode())
+        span.end(end)
+        return response
+
+    app = Flask("g")
     app.add_url_rule("/k8s/apply", "apply", view, methods=["POST"])
     FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
     return app
@@ -250,17 +314,19 @@ def main() -> None:
         print("ledger not available: case c skipped")
     cases["s"] = nested_span
     cases["f"] = lambda: floor(tmp / "floor.journal")
+    cases["g"] = lambda: by_hand(tmp / "by-hand.journal")
     apps = {name: make() for name, make in cases.items()}
 
     med, ratio = interleaved(apps, args.rounds, args.requests, args.by_request,
-                             pairs=(("m", "d"), ("d", "f")))
+                             pairs=(("m", "d"), ("d", "f"), ("d", "g")))
     otel_runs.flush()
     labels = {"a": "FlaskInstrumentor only", "b": "+ @run_tracked, no-op RunProcessor",
               "c": "+ git ledger (journal on request path)",
               "d": "RunTracking(app): ledger + live feed",
               "m": "d + run metrics (Prometheus reader)",
               "s": "a + one plain nested span (for scale)",
-              "f": "a + a run's span and two appends (floor)"}
+              "f": "a + a run's span and two appends (floor)",
+              "g": "a + a run written by hand in the view"}
     for name, value in med.items():
         print(f"{name}  {labels[name]:<42} median {value:8.1f} us/request")
     print(f"ratio b/a = {ratio['b']:.2f}  (goal <= 1.20)")
@@ -274,6 +340,9 @@ def main() -> None:
     print(f"ratio f/a = {ratio['f']:.2f}  (for scale: the floor of a journaled span, no otel-runs;"
           f" d/f = {ratio['d/f']:.2f})" if "d/f" in ratio else
           f"ratio f/a = {ratio['f']:.2f}  (for scale: the floor of a journaled span, no otel-runs)")
+    if "d/g" in ratio:
+        print(f"ratio g/a = {ratio['g']:.2f}  (for scale: a run written by hand, no otel-runs;"
+              f" d/g = {ratio['d/g']:.2f})")
     otel_runs.shutdown()
 
 

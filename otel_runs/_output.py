@@ -48,6 +48,9 @@ FLUSH_INTERVAL = 0.1
 DEFAULT_MAX_BYTES = 1 << 20
 #: Lines past this many bytes per run (4 x the cap) go to the live sinks only.
 JOURNAL_FACTOR = 4
+#: The smallest cap's half and journal allowance: output within them needs no setting read.
+_MIN_HALF = 2048
+_MIN_JOURNALED = 4096 * JOURNAL_FACTOR
 
 _time_ns = time.time_ns
 
@@ -106,14 +109,17 @@ class RunOutput:
     def __init__(self, run: Any, start_ns: int, max_bytes: int | None = None) -> None:
         self.run = run
         self._start_ns = start_ns
-        self.max_bytes = output_max_bytes() if max_bytes is None else max_bytes
-        self._half = self.max_bytes >> 1
-        self._lock = threading.Lock()  # the raw queue and partial lines
+        # (the setting is read when the output outgrows the smallest cap: most runs never do)
+        self._max_bytes = max_bytes
+        self._half = _MIN_HALF if max_bytes is None else max_bytes >> 1
+        self._lock = threading.Lock()  # partial lines
         # The chunks (and everything below) in order; re-entrant: a sink that logs inside
         # the run may make this thread flush again.
         self._send_lock = threading.RLock()
-        self._raw: list[_Raw] = []
-        self._raw_chars = 0
+        # Lines written, not yet flushed: writers append without a lock (a deque's append
+        # and popleft are atomic); a flush takes the lines it counted, oldest first.
+        self._raw: deque[_Raw] = deque()
+        self._raw_chars = 0  # (about: writers add to it without a lock)
         self._partial: dict[str, str] = {}
         self._dirty = False  # handed to the flusher, not flushed since
         self._queued = False  # handed to the flusher at least once
@@ -132,6 +138,15 @@ class RunOutput:
         self._in_key: set[str] = set()  # streams inside a private key block
         self._chunks = 0
         self._only_chunk: OutputChunk | None = None
+        self._kept_at_close: list[dict[str, Any]] | None = None
+
+    @property
+    def max_bytes(self) -> int:
+        """The most output bytes the run keeps (``OTEL_RUNS_OUTPUT_MAX_BYTES``)."""
+        if self._max_bytes is None:
+            self._max_bytes = output_max_bytes()
+            self._half = self._max_bytes >> 1
+        return self._max_bytes
 
     @property
     def lines_written(self) -> int:
@@ -145,22 +160,13 @@ class RunOutput:
         if partial or "\n" in text or self.closed:
             self._write_lines(stream, text, level, logger, partial)
             return
-        item = (_time_ns(), stream, text, level, logger)
-        with self._lock:  # (one line: the common case, kept short)
-            raw = self._raw
-            raw.append(item)
-            self._raw_chars += len(text)
-            if len(raw) < FLUSH_LINES and self._raw_chars < FLUSH_BYTES:
-                if self._dirty:
-                    return
-                self._dirty = True
-                flush = False
-            else:
-                flush = True
-        if flush:
+        raw = self._raw  # (one line: the common case, kept short)
+        raw.append((_time_ns(), stream, text, level, logger))
+        chars = self._raw_chars = self._raw_chars + len(text)
+        if len(raw) >= FLUSH_LINES or chars >= FLUSH_BYTES:
             self.flush()
-        else:
-            self._queued = True
+        elif not self._dirty:  # (read after the append: see flush)
+            self._dirty = self._queued = True
             _flusher.dirty(self)
 
     def _write_lines(self, stream: str, text: str, level: str | None, logger: str | None,
@@ -179,32 +185,33 @@ class RunOutput:
                         return
         if text.endswith("\n"):
             text = text[:-1]
-        parts = text.split("\n")
-        with self._lock:
-            raw = self._raw
-            raw.extend([(t, stream, part, level, logger) for part in parts])
-            self._raw_chars += len(text)
-            flush = len(raw) >= FLUSH_LINES or self._raw_chars >= FLUSH_BYTES
-            wake = not self._dirty and not flush
-            self._dirty = True
-        if flush:
+        raw = self._raw
+        raw.extend([(t, stream, part, level, logger) for part in text.split("\n")])
+        chars = self._raw_chars = self._raw_chars + len(text)
+        if len(raw) >= FLUSH_LINES or chars >= FLUSH_BYTES:
             self.flush()
-        elif wake:
-            self._queued = True
+        elif not self._dirty:
+            self._dirty = self._queued = True
             _flusher.dirty(self)
 
     def flush(self) -> None:
         """Hand the waiting lines to the sinks now."""
         with self._send_lock:
-            with self._lock:
-                raw, self._raw, self._raw_chars = self._raw, [], 0
-                self._dirty = False
-            if not raw:
+            # Cleared before the lines are counted: a writer whose line is not among them
+            # sees it cleared after its append and hands this output to the flusher again.
+            self._dirty = False
+            queue = self._raw
+            count = len(queue)
+            if not count:
                 return
+            self._raw_chars = 0
+            take = queue.popleft
+            raw = [take() for _ in range(count)]
             chunk, size = self._lines(raw)
             self._chunks += 1
             self._only_chunk = chunk if self._chunks == 1 else None
-            durable = self._journaled + size <= self.max_bytes * JOURNAL_FACTOR
+            journaled = self._journaled + size
+            durable = journaled <= _MIN_JOURNALED or journaled <= self.max_bytes * JOURNAL_FACTOR
             if durable:
                 self._journaled += size
             for sink in _sink_tuple:
@@ -215,15 +222,22 @@ class RunOutput:
 
     def _lines(self, raw: list[_Raw]) -> tuple[OutputChunk, int]:
         """The raw lines cleaned, scrubbed, numbered and kept (head/tail): one chunk."""
-        times, streams, written, levels, loggers = zip(*raw, strict=True)
+        times, streams, written, levels, loggers = zip(*raw)  # noqa: B905 - five fields each
         texts = list(written)
         joined = " ".join(texts)
+        as_written = True
         if not joined.isprintable() or (len(joined) > MAX_LINE_CHARS
                                         and max(map(len, texts)) > MAX_LINE_CHARS):
             texts = [clean_controls(text) for text in texts]
+            as_written = False
         if self._in_key or "-----BEGIN" in joined:
             self._hide_keys(streams, texts)
-        texts = scrub_texts(texts)
+            as_written = False
+        scrubbed = scrub_texts(texts)
+        # (the texts as written, the usual case: their lengths are the joined text's)
+        chars = len(joined) - len(texts) + 1 if as_written and scrubbed is texts \
+            else sum(map(len, scrubbed))
+        texts = scrubbed
         first = self._n
         count = len(texts)
         numbers = range(first, first + count)
@@ -245,8 +259,10 @@ class RunOutput:
                                  for n, t, stream, text
                                  in zip(numbers, stamps, streams, texts, strict=True)])
             chunk.columns = (first, stamps, streams, texts)  # (its JSON is made from these)
-        size = chunk.size = sum(map(len, texts)) + 24 * count
-        if not self._tail and self._head_bytes + size <= self._half:
+        size = chunk.size = chars + 24 * count
+        # (past the smallest cap's half the setting is read: _keep then has the real half)
+        if not self._tail and (self._head_bytes + size <= self._half or (
+                self._max_bytes is None and self._head_bytes + size <= self.max_bytes >> 1)):
             self._head.extend(chunk)  # (all of it in the head)
             self._head_bytes += size
         else:
@@ -311,6 +327,7 @@ class RunOutput:
                 self.write(stream, text)
         self.closed = True
         kept = self.kept()  # (which sends what waits)
+        self._kept_at_close = kept  # (nothing is added once closed: the end record asks again)
         if self._queued:  # the flusher may hold it: it need not, until its next tick
             _flusher.forget(self)
         return kept
@@ -318,6 +335,8 @@ class RunOutput:
     def kept(self) -> list[dict[str, Any]]:
         """The lines kept so far (waiting ones are sent first), with the marker where
         lines were dropped; the chunk itself when the run's output went in one chunk."""
+        if self._kept_at_close is not None:
+            return self._kept_at_close
         with self._send_lock:
             self.flush()
             only = self._only_chunk

@@ -44,8 +44,7 @@ class OutputFlusher:
     def forget(self, output: Flushable) -> None:
         """``output`` was flushed and closed: not held until the next tick (what it holds is
         freed when its run is, without the garbage collector)."""
-        with self._lock:
-            self._dirty.pop(id(output), None)
+        self._dirty.pop(id(output), None)  # (atomic; the thread iterates a copy of what it took)
 
     def _run(self) -> None:
         idle = 0
@@ -62,7 +61,7 @@ class OutputFlusher:
                         self._wake.clear()
                     continue
             idle = 0
-            for output in todo.values():
+            for output in list(todo.values()):
                 output.flush()
 
     def after_fork_in_child(self) -> None:

@@ -93,12 +93,18 @@ def _encode_columns(first: int, stamps: list[float], streams: tuple[str, ...],
                     texts: list[str]) -> str:
     """Lines without a level (numbered from ``first``) as JSON, field by field (each
     distinct time written once: the lines of a chunk mostly share their millisecond)."""
+    numbers = range(first, first + len(texts))
+    stamp, stream = stamps[0], streams[0]
+    if stamps.count(stamp) == len(stamps) and streams.count(stream) == len(streams):
+        # (the usual chunk: one time and one stream; only the number and the text change)
+        mid = f',"t":{_float_text(stamp)},"stream":{_STREAM_JSON[stream]},"text":'
+        return "[" + ",".join([f'{{"n":{n}{mid}{text}}}'
+                               for n, text in zip(numbers, map(_quote, texts), strict=True)]) + "]"
     times = {t: _float_text(t) for t in set(stamps)}
     quoted = _STREAM_JSON
     return "[" + ",".join([f'{{"n":{n},"t":{times[t]},"stream":{quoted[stream]},"text":'
                            f'{_quote(text)}}}' for n, t, stream, text in zip(
-                               range(first, first + len(texts)), stamps, streams, texts,
-                               strict=True)]) + "]"
+                               numbers, stamps, streams, texts, strict=True)]) + "]"
 
 
 def _encode_lines(lines: list[dict[str, Any]]) -> str:
