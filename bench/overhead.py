@@ -79,11 +79,21 @@ def _view() -> Any:
     return jsonify(ok=True, summary="applied 3 objects", objects=["a", "b", "c"])
 
 
-def instrumented_only() -> Flask:
-    app = Flask("a")
-    app.add_url_rule("/k8s/apply", "apply", _view, methods=["POST"])
-    FlaskInstrumentor().instrument_app(app, tracer_provider=TracerProvider())
+def _instrumented(name: str, view: Callable[[], Any], provider: TracerProvider) -> Flask:
+    """An app whose ``POST /k8s/apply`` is ``view``, under FlaskInstrumentor with ``provider``."""
+    app = Flask(name)
+    app.add_url_rule("/k8s/apply", "apply", view, methods=["POST"])
+    FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
     return app
+
+
+def _journal(path: Path) -> int:
+    """An append-only file standing in for the journal (cases f and g)."""
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+
+def instrumented_only() -> Flask:
+    return _instrumented("a", _view, TracerProvider())
 
 
 def nested_span() -> Flask:
@@ -94,16 +104,13 @@ def nested_span() -> Flask:
         with tracer.start_as_current_span("deploy:k8s"):
             return _view()
 
-    app = Flask("s")
-    app.add_url_rule("/k8s/apply", "apply", view, methods=["POST"])
-    FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
-    return app
+    return _instrumented("s", view, provider)
 
 
 def floor(journal: Path) -> Flask:
     provider = TracerProvider()
     tracer = provider.get_tracer("bench")
-    fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = _journal(journal)
     start_record = b"s" * 400 + b"\n"  # (about the sizes of case d's journal records)
     end_record = b"e" * 480 + b"\n"
 
@@ -121,16 +128,13 @@ def floor(journal: Path) -> Flask:
             os.write(fd, end_record)
             span.end()
 
-    app = Flask("f")
-    app.add_url_rule("/k8s/apply", "apply", view, methods=["POST"])
-    FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
-    return app
+    return _instrumented("f", view, provider)
 
 
 def by_hand(journal: Path) -> Flask:
     provider = TracerProvider()
     tracer = provider.get_tracer("bench")
-    fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = _journal(journal)
     encode = json.JSONEncoder(separators=(",", ":")).encode
     scan = json.JSONDecoder().scan_once
     draw = random.Random().getrandbits
@@ -177,10 +181,7 @@ def by_hand(journal: Path) -> Flask:
         span.end(end)
         return response
 
-    app = Flask("g")
-    app.add_url_rule("/k8s/apply", "apply", view, methods=["POST"])
-    FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
-    return app
+    return _instrumented("g", view, provider)
 
 
 def tracked(root: Path, name: str) -> Flask:

@@ -38,6 +38,7 @@ from ._hub import (
     SubscriberDroppedError,
     _dumps,
     buffer_bytes,
+    drop_stalled_reader,
     parse_event_id,
     redis_url,
     validate_event_type,
@@ -198,11 +199,8 @@ class EventHub:
                 oldest = self._buffer[0][0]
                 if sub.cursor < oldest - 1:
                     raise SubscriberDroppedError("reader fell behind the replay buffer")
-                if (lag > self.client_queue and sub.cursor >= sub.replay_until
-                        and time.monotonic() - sub.last_read > self.slow_after):
-                    raise SubscriberDroppedError(
-                        f"reader fell {lag} events behind and was away "
-                        f"{time.monotonic() - sub.last_read:.1f}s")
+                drop_stalled_reader(lag, self.client_queue, sub.cursor < sub.replay_until,
+                                    sub.last_read, self.slow_after)
                 # A replay or a burst is handed out one chunk at a time.
                 count = min(lag, self.client_queue)
                 start = sub.cursor + 1 - oldest

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._feed import FeedGap, Position, Record
 from ._feed_cursor import FeedCursor
-from ._hub import RESET_EVENT, Event, SubscriberDroppedError, _dumps
+from ._hub import RESET_EVENT, Event, SubscriberDroppedError, _dumps, drop_stalled_reader
 
 if TYPE_CHECKING:
     from ._feed_hub import FeedHub
@@ -137,11 +137,8 @@ class FeedSubscription:
                 if self.seq < first - 1:  # behind the buffer: read on from the file
                     self.seq = None
                     return None
-                if (lag > hub.client_queue and self.position >= self.replay_until
-                        and time.monotonic() - self.last_read > hub.slow_after):
-                    raise SubscriberDroppedError(
-                        f"reader fell {lag} events behind and was away "
-                        f"{time.monotonic() - self.last_read:.1f}s")
+                drop_stalled_reader(lag, hub.client_queue, self.position < self.replay_until,
+                                    self.last_read, hub.slow_after)
                 count = min(lag, hub.client_queue)
                 start = self.seq + 1 - first
                 self.seq += count
@@ -173,12 +170,9 @@ class FeedSubscription:
             records = self._cursor.read(max_events=limit, until=head)
         except (FeedGap, OSError) as exc:
             raise SubscriberDroppedError(f"reader fell behind the kept feed: {exc}") from None
-        more = self._cursor.position < head
-        away = time.monotonic() - self.last_read
-        if more and len(records) >= limit and self.position >= self.replay_until \
-                and away > hub.slow_after:
-            raise SubscriberDroppedError(
-                f"reader fell more than {limit} events behind and was away {away:.1f}s")
+        if self._cursor.position < head:  # more than it read waits: behind by at least one more
+            drop_stalled_reader(len(records) + 1, limit, self.position < self.replay_until,
+                                self.last_read, hub.slow_after)
         progressed = self._cursor.position != self.position
         self.position = self._cursor.position
         self.last_read = time.monotonic()

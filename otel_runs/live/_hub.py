@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol
@@ -30,6 +31,7 @@ __all__ = [
     "Subscription",
     "SubscriberDroppedError",
     "buffer_bytes",
+    "drop_stalled_reader",
     "parse_event_id",
     "redis_url",
 ]
@@ -109,6 +111,19 @@ class Event:
 
 class SubscriberDroppedError(Exception):
     """The reader fell too far behind; it should reconnect with ``Last-Event-ID``."""
+
+
+def drop_stalled_reader(lag: int, limit: int, replaying: bool, last_read: float,
+                        slow_after: float) -> None:
+    """The rule every hub drops a slow reader by: more than ``limit`` events behind, past
+    its replay, and away (not reading) longer than ``slow_after`` s since ``last_read``
+    (``time.monotonic()``): its thread was stuck on a stalled socket. Raises
+    :class:`SubscriberDroppedError`; a reader that is only busy gets its backlog in chunks."""
+    if lag > limit and not replaying:
+        away = time.monotonic() - last_read
+        if away > slow_after:
+            raise SubscriberDroppedError(
+                f"reader fell more than {limit} events behind and was away {away:.1f}s")
 
 
 class Subscription(Protocol):

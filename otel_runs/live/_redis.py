@@ -35,6 +35,7 @@ from ._hub import (
     SubscriberDroppedError,
     _dumps,
     buffer_bytes,
+    drop_stalled_reader,
     parse_event_id,
     validate_event_type,
 )
@@ -339,11 +340,8 @@ class _RedisSubscription:
                 start = bisect.bisect_right(follower.ids, self._key)
                 lag = len(follower.ids) - start
                 if lag:
-                    if (lag > limit and self._key >= self.replay_until
-                            and time.monotonic() - self.last_read > self.hub.slow_after):
-                        raise SubscriberDroppedError(
-                            f"reader fell {lag} events behind and was away "
-                            f"{time.monotonic() - self.last_read:.1f}s")
+                    drop_stalled_reader(lag, limit, self._key < self.replay_until,
+                                        self.last_read, self.hub.slow_after)
                     events = [follower.events[i] for i in range(start, start + min(lag, limit))]
                     self._advance(events)
                     return events
@@ -366,11 +364,8 @@ class _RedisSubscription:
         entries = reply[0][1] if reply else []
         if not entries:  # the follower holds newer events, the stream none after ours
             raise SubscriberDroppedError("reader fell behind the trimmed stream")
-        if len(entries) > limit:
-            away = time.monotonic() - self.last_read
-            if away > self.hub.slow_after:
-                raise SubscriberDroppedError(
-                    f"reader fell more than {limit} events behind and was away {away:.1f}s")
+        if len(entries) > limit:  # (asked for one more only when not replaying)
+            drop_stalled_reader(len(entries), limit, False, self.last_read, self.hub.slow_after)
             if self.hub._too_old(self._key, self.hub._info()):
                 raise SubscriberDroppedError("reader fell behind the trimmed stream")
             entries = entries[:limit]  # a busy reader: hand out the backlog in chunks
