@@ -26,7 +26,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._output_flusher import OutputFlusher
@@ -56,7 +56,7 @@ _time_ns = time.time_ns
 
 #: ``sink(run, lines, durable)``: ``run`` is the run's ``OpenRun``; ``durable`` is False for
 #: chunks past what a run journals (live delivery only).
-OutputSink = Callable[[Any, list[dict[str, Any]], bool], None]
+OutputSink = Callable[[Any, OutputChunk, bool], None]
 _sinks: list[OutputSink] = []
 _sinks_lock = threading.Lock()
 #: ``_sinks`` as a tuple, replaced (under the lock) on every change: read without it.
@@ -106,6 +106,12 @@ class RunOutput:
     :data:`FLUSH_BYTES` characters wait), so a line never reaches a sink, the journal or
     :meth:`kept` before it is scrubbed."""
 
+    __slots__ = ("_dropped", "_dropped_bytes", "_first_dropped", "_half", "_head",
+                 "_head_bytes", "_in_key", "_journaled", "_kept_at_close", "_lock",
+                 "_max_bytes", "_n", "_partial", "_queued", "_raw", "_raw_chars",
+                 "_send_lock", "_start_ns", "_tail", "_tail_bytes", "_tail_sizes", "_dirty",
+                 "__weakref__", "closed", "run")
+
     def __init__(self, run: Any, start_ns: int, max_bytes: int | None = None) -> None:
         self.run = run
         self._start_ns = start_ns
@@ -126,7 +132,8 @@ class RunOutput:
         self.closed = False
         # Under the send lock:
         self._n = 0
-        self._head: list[dict[str, Any]] = []
+        # The head: whole chunks, then the lines of the chunk that filled it.
+        self._head: list[Sequence[dict[str, Any]]] = []
         self._head_bytes = 0
         self._tail: deque[dict[str, Any]] = deque()
         self._tail_sizes: deque[int] = deque()
@@ -136,9 +143,7 @@ class RunOutput:
         self._first_dropped = -1
         self._journaled = 0
         self._in_key: set[str] = set()  # streams inside a private key block
-        self._chunks = 0
-        self._only_chunk: OutputChunk | None = None
-        self._kept_at_close: list[dict[str, Any]] | None = None
+        self._kept_at_close: Sequence[dict[str, Any]] | None = None
 
     @property
     def max_bytes(self) -> int:
@@ -162,6 +167,25 @@ class RunOutput:
             return
         raw = self._raw  # (one line: the common case, kept short)
         raw.append((_time_ns(), stream, text, level, logger))
+        chars = self._raw_chars = self._raw_chars + len(text)
+        if len(raw) >= FLUSH_LINES or chars >= FLUSH_BYTES:
+            self.flush()
+        elif not self._dirty:  # (read after the append: see flush)
+            self._dirty = self._queued = True
+            _flusher.dirty(self)
+
+    def log(self, text: str, stream: str = "out") -> None:
+        """``run.log``: :meth:`write` of ``text`` (not str: its ``str()``) to ``stream``,
+        ``out`` or ``err`` (a run's handle calls this directly once its output exists)."""
+        if type(text) is not str:
+            text = str(text)
+        if stream != "out" and stream != "err":
+            raise ValueError(f"stream must be 'out' or 'err', got {stream!r}")
+        if "\n" in text or self.closed:
+            self._write_lines(stream, text, None, None, False)
+            return
+        raw = self._raw  # (write's one-line case again: a call less per line)
+        raw.append((_time_ns(), stream, text, None, None))
         chars = self._raw_chars = self._raw_chars + len(text)
         if len(raw) >= FLUSH_LINES or chars >= FLUSH_BYTES:
             self.flush()
@@ -208,8 +232,6 @@ class RunOutput:
             take = queue.popleft
             raw = [take() for _ in range(count)]
             chunk, size = self._lines(raw)
-            self._chunks += 1
-            self._only_chunk = chunk if self._chunks == 1 else None
             journaled = self._journaled + size
             durable = journaled <= _MIN_JOURNALED or journaled <= self.max_bytes * JOURNAL_FACTOR
             if durable:
@@ -242,31 +264,34 @@ class RunOutput:
         count = len(texts)
         numbers = range(first, first + count)
         self._n = first + count
-        # (seconds since the start, to the millisecond, rounded half up)
+        # (seconds since the start, to the millisecond, rounded half up; the lines of a
+        # chunk mostly share their millisecond)
         base = 500_000 - self._start_ns
-        stamps = [(t + base) // 1_000_000 / 1000 for t in times]
+        stamp = (min(times) + base) // 1_000_000
+        if (max(times) + base) // 1_000_000 == stamp:
+            stamps = [stamp / 1000] * count
+        else:
+            stamps = [(t + base) // 1_000_000 / 1000 for t in times]
         if any(levels):  # log records among them: a level and a logger
-            chunk = OutputChunk()
+            lines: list[dict[str, Any]] = []
             for n, t, stream, text, level, logger in zip(numbers, stamps, streams, texts,
                                                          levels, loggers, strict=True):
                 line: dict[str, Any] = {"n": n, "t": t, "stream": stream, "text": text}
                 if level is not None:
                     line["level"] = level
                     line["logger"] = logger or ""
-                chunk.append(line)
-        else:
-            chunk = OutputChunk([{"n": n, "t": t, "stream": stream, "text": text}
-                                 for n, t, stream, text
-                                 in zip(numbers, stamps, streams, texts, strict=True)])
-            chunk.columns = (first, stamps, streams, texts)  # (its JSON is made from these)
+                lines.append(line)
+            chunk = OutputChunk(lines)
+        else:  # (the dicts are made when a sink asks for them; its JSON from these)
+            chunk = OutputChunk(columns=(first, stamps, streams, texts))
         size = chunk.size = chars + 24 * count
         # (past the smallest cap's half the setting is read: _keep then has the real half)
         if not self._tail and (self._head_bytes + size <= self._half or (
                 self._max_bytes is None and self._head_bytes + size <= self.max_bytes >> 1)):
-            self._head.extend(chunk)  # (all of it in the head)
+            self._head.append(chunk)  # (all of it in the head)
             self._head_bytes += size
         else:
-            self._keep(chunk, [len(text) + 24 for text in texts])
+            self._keep(chunk.lines, [len(text) + 24 for text in texts])
         return chunk, size
 
     def _hide_keys(self, streams: tuple[str, ...], texts: list[str]) -> None:
@@ -292,7 +317,7 @@ class RunOutput:
                 room -= sizes[i]
                 i += 1
             if i:
-                self._head.extend(lines[:i] if i < count else lines)
+                self._head.append(lines[:i] if i < count else lines)
                 self._head_bytes = half - room
             if i == count:
                 return
@@ -316,7 +341,7 @@ class RunOutput:
         self._dropped += dropped
         self._dropped_bytes += dropped_bytes
 
-    def close(self) -> list[dict[str, Any]]:
+    def close(self) -> Sequence[dict[str, Any]]:
         """The run ended: send what waits (a last partial line too) and return the lines
         kept (head, the ``meta`` marker if any were dropped, tail)."""
         if self._partial:
@@ -332,26 +357,28 @@ class RunOutput:
             _flusher.forget(self)
         return kept
 
-    def kept(self) -> list[dict[str, Any]]:
+    def kept(self) -> Sequence[dict[str, Any]]:
         """The lines kept so far (waiting ones are sent first), with the marker where
         lines were dropped; the chunk itself when the run's output went in one chunk."""
         if self._kept_at_close is not None:
             return self._kept_at_close
         with self._send_lock:
             self.flush()
-            only = self._only_chunk
-            if only is not None and not self._dropped and len(self._head) == len(only) \
-                    and not self._tail:
-                return only
-            lines = OutputChunk(self._head)
+            head = self._head
+            if len(head) == 1 and not self._dropped and not self._tail \
+                    and isinstance(head[0], OutputChunk):
+                return head[0]
+            kept: list[dict[str, Any]] = []
+            for part in head:
+                kept.extend(part)
             if self._dropped:
-                lines.append({"n": self._first_dropped, "t": lines[-1]["t"] if lines else 0.0,
-                              "stream": "meta",
-                              "text": f"[otel-runs: {self._dropped} lines ({self._dropped_bytes} "
-                                      f"bytes) dropped here: a run keeps its first and last "
-                                      f"{self.max_bytes // 2} bytes of output]"})
-            lines.extend(self._tail)
-        return lines
+                kept.append({"n": self._first_dropped, "t": kept[-1]["t"] if kept else 0.0,
+                             "stream": "meta",
+                             "text": f"[otel-runs: {self._dropped} lines ({self._dropped_bytes} "
+                                     f"bytes) dropped here: a run keeps its first and last "
+                                     f"{self.max_bytes // 2} bytes of output]"})
+            kept.extend(self._tail)
+        return OutputChunk(kept)
 
     @property
     def dropped(self) -> int:

@@ -63,6 +63,7 @@ class OutputFlusher:
             idle = 0
             for output in list(todo.values()):
                 output.flush()
+            del todo, output  # (held until the next tick otherwise: a finished run's lines)
 
     def after_fork_in_child(self) -> None:
         """A forked child has no flusher thread: it starts one of its own when needed."""

@@ -5,17 +5,21 @@
   replaced, at most :data:`MAX_LINE_CHARS` characters; :func:`clean_line` scrubs it too.
 - :class:`OutputChunk`: the lines a ``RunOutput`` hands to its sinks together, encoded as
   JSON once for all of them (:func:`lines_json`).
+- :func:`kept_json` / :func:`lines_of_kept`: a run's kept output as the journal stores it
+  with the run's end record: as columns when it is one chunk's lines, numbered on.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .redaction import scrub_text
 
-__all__ = ["MAX_LINE_CHARS", "OutputChunk", "clean_controls", "clean_line", "lines_json"]
+__all__ = ["MAX_LINE_CHARS", "OutputChunk", "clean_controls", "clean_line", "kept_json",
+           "lines_json", "lines_of_kept"]
 
 #: Longest line kept (characters); the rest is cut with a marker.
 MAX_LINE_CHARS = 16_384
@@ -50,27 +54,68 @@ def clean_line(text: str) -> str:
 
 
 
-class OutputChunk(list):  # type: ignore[type-arg]
-    """Lines a :class:`RunOutput` made, handed to the sinks together; :meth:`json`
-    encodes them once for all sinks."""
+class OutputChunk(Sequence[dict[str, Any]]):
+    """Lines a :class:`RunOutput` handed to its sinks together: a sequence of line dicts
+    (``n``, ``t``, ``stream``, ``text``, and ``level`` and ``logger`` for log records).
+    Lines without a level are held as ``columns`` (first number, times, streams, texts)
+    and made into dicts only when a sink reads them (the usual sinks need only the
+    JSON); :meth:`json` encodes them once for every sink."""
 
-    __slots__ = ("_json", "columns", "size")
+    __slots__ = ("_json", "_lines", "columns", "size")
+
+    def __init__(self, lines: list[dict[str, Any]] | None = None,
+                 columns: tuple[int, list[float], Sequence[str], Sequence[str]] | None = None,
+                 ) -> None:
+        self._lines = lines if lines is not None or columns is not None else []
+        self.columns = columns
+        self._json: str | None = None
+        self.size = 0
+
+    @property
+    def lines(self) -> list[dict[str, Any]]:
+        """The lines as dicts (made from the columns on first use)."""
+        lines = self._lines
+        if lines is None:
+            first, stamps, streams, texts = self.columns  # type: ignore[misc]
+            lines = self._lines = [
+                {"n": n, "t": t, "stream": stream, "text": text} for n, t, stream, text
+                in zip(range(first, first + len(texts)), stamps, streams, texts, strict=True)]
+        return lines
+
+    def __len__(self) -> int:
+        return len(self._lines) if self._lines is not None else len(self.columns[3])  # type: ignore[index]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.lines)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.lines[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, OutputChunk):
+            other = other.lines
+        return self.lines == other if isinstance(other, list) else NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"OutputChunk({self.lines!r})"
 
     def json(self) -> str:
         """The lines as one compact JSON array (the same text for every sink)."""
-        text: str | None = getattr(self, "_json", None)
+        text = self._json
         if text is None:
-            columns = getattr(self, "columns", None)
+            columns = self.columns
             text = self._json = _encode_columns(*columns) if columns is not None \
-                else _encode_lines(self)
+                else _encode_lines(self.lines)
         return text
 
 
-def lines_json(lines: list[dict[str, Any]]) -> str:
+def lines_json(lines: Sequence[dict[str, Any]]) -> str:
     """``lines`` as a compact JSON array (encoded once when they are an :class:`OutputChunk`)."""
     if isinstance(lines, OutputChunk):
         return lines.json()
-    return _JSON.encode(lines)
+    return _JSON.encode(list(lines))
 
 
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False,
@@ -89,8 +134,8 @@ _STREAM_JSON = _QuotedStreams({name: _quote(name) for name in ("out", "err", "lo
 _float_text = float.__repr__
 
 
-def _encode_columns(first: int, stamps: list[float], streams: tuple[str, ...],
-                    texts: list[str]) -> str:
+def _encode_columns(first: int, stamps: list[float], streams: Sequence[str],
+                    texts: Sequence[str]) -> str:
     """Lines without a level (numbered from ``first``) as JSON, field by field (each
     distinct time written once: the lines of a chunk mostly share their millisecond)."""
     numbers = range(first, first + len(texts))
@@ -105,6 +150,50 @@ def _encode_columns(first: int, stamps: list[float], streams: tuple[str, ...],
     return "[" + ",".join([f'{{"n":{n},"t":{times[t]},"stream":{quoted[stream]},"text":'
                            f'{_quote(text)}}}' for n, t, stream, text in zip(
                                numbers, stamps, streams, texts, strict=True)]) + "]"
+
+
+def kept_json(lines: Sequence[dict[str, Any]]) -> str:
+    """``lines`` as the journal keeps a run's output. When they are one chunk's lines
+    without a level (a short run's whole output, the usual case), as columns:
+    ``{"n": first, "t": time or [times], "stream": stream or [streams], "text": [texts]}``
+    (line ``i`` is numbered ``first + i``; one time or stream stands for every line), about
+    a third of the bytes and of the time of one object per line; else :func:`lines_json`.
+    :func:`lines_of_kept` reads either back."""
+    columns = getattr(lines, "columns", None) if isinstance(lines, OutputChunk) else None
+    if columns is None:
+        return lines_json(lines)
+    first, stamps, streams, texts = columns
+    stamp, stream = stamps[0], streams[0]
+    t = _float_text(stamp) if stamps.count(stamp) == len(stamps) else _JSON.encode(stamps)
+    s = _STREAM_JSON[stream] if streams.count(stream) == len(streams) \
+        else "[" + ",".join(map(_quote, streams)) + "]"
+    return f'{{"n":{first},"t":{t},"stream":{s},"text":[{",".join(map(_quote, texts))}]}}'
+
+
+def lines_of_kept(value: Any) -> list[dict[str, Any]]:
+    """The output lines a journal record holds (what :func:`kept_json` or :func:`lines_json`
+    wrote, decoded): lines that are no object with an int ``n`` and a str ``text`` are
+    left out, as columns that do not line up are."""
+    if isinstance(value, list):
+        return [line for line in value if isinstance(line, dict)
+                and type(line.get("n")) is int and isinstance(line.get("text"), str)]
+    if not isinstance(value, dict):
+        return []
+    first, texts = value.get("n"), value.get("text")
+    if type(first) is not int or not isinstance(texts, list):
+        return []
+    count = len(texts)
+    stamps, streams = value.get("t"), value.get("stream")
+    if not isinstance(stamps, list):
+        stamps = [stamps] * count
+    if not isinstance(streams, list):
+        streams = [streams] * count
+    if len(stamps) != count or len(streams) != count:
+        return []
+    return [{"n": first + i, "t": t, "stream": stream, "text": text}
+            for i, (t, stream, text) in enumerate(zip(stamps, streams, texts, strict=True))
+            if isinstance(text, str) and isinstance(stream, str)
+            and type(t) in (int, float)]
 
 
 def _encode_lines(lines: list[dict[str, Any]]) -> str:

@@ -76,7 +76,6 @@ class RunHandle:
         self._event_bytes = 0
         self._entry: OpenRun | None = None  # set by RunScope
         self._output_file: _OutputFile | None = None
-        self._output_buffer: RunOutput | None = None  # (output_buffer's, once made)
 
     @property
     def run_id(self) -> str:
@@ -124,12 +123,13 @@ class RunHandle:
         output; ``stream`` is ``out`` or ``err``."""
         if stream != "out" and stream != "err":
             raise ValueError(f"stream must be 'out' or 'err', got {stream!r}")
-        out = self._output_buffer
-        if out is None or out.closed:
-            out = self.output_buffer()
-            if out is None:
-                return
-        out.write(stream, text if type(text) is str else str(text))
+        out = self.output_buffer()
+        if out is None:
+            return
+        # From now on ``run.log`` is the output's own (the same checks; a call less per
+        # line); once the run ended, it writes nothing, as this does.
+        self.log = out.log  # type: ignore[method-assign]
+        out.log(text, stream)
 
     @property
     def output(self) -> _OutputFile:
@@ -149,7 +149,6 @@ class RunHandle:
             if entry.outcome is not None:  # (ended)
                 return None
             out = entry.output = RunOutput(entry, entry.start_ns)
-        self._output_buffer = out
         return None if out.closed else out
 
     def __repr__(self) -> str:

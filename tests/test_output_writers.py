@@ -130,3 +130,58 @@ def test_a_chunks_columns_are_encoded_as_the_json_module_would(
                 for i, (t, s, x) in enumerate(zip(stamps, streams, TEXTS, strict=True))]
     assert json.loads(text) == expected
     assert text == json.dumps(expected, ensure_ascii=False, separators=(",", ":"))
+
+
+@pytest.mark.parametrize("stamps, streams", [
+    ([0.25] * len(TEXTS), ("out",) * len(TEXTS)),
+    ([0.25] * (len(TEXTS) - 1) + [0.5], ("out",) * len(TEXTS)),
+    ([0.25] * len(TEXTS), ("out",) * (len(TEXTS) - 1) + ("err",)),
+])
+def test_a_kept_chunk_is_journaled_as_columns_and_read_back_as_its_lines(
+        stamps: list[float], streams: tuple[str, ...]) -> None:
+    from otel_runs._output_lines import OutputChunk, kept_json, lines_of_kept
+
+    chunk = OutputChunk(columns=(7, stamps, streams, list(TEXTS)))
+    expected = [{"n": 7 + i, "t": t, "stream": s, "text": x}
+                for i, (t, s, x) in enumerate(zip(stamps, streams, TEXTS, strict=True))]
+    assert len(chunk) == len(TEXTS) and chunk == expected and list(chunk) == expected
+    columns = json.loads(kept_json(chunk))
+    assert isinstance(columns, dict) and columns["n"] == 7  # (not one object per line)
+    assert lines_of_kept(columns) == expected
+    assert json.loads(chunk.json()) == expected
+    # Lines that are no chunk's (or a chunk made of dicts) are kept one object a line.
+    assert json.loads(kept_json(OutputChunk(expected))) == expected
+    assert lines_of_kept(json.loads(kept_json(expected))) == expected
+
+
+def test_columns_that_do_not_line_up_are_read_as_no_lines() -> None:
+    from otel_runs._output_lines import lines_of_kept
+
+    assert lines_of_kept({"n": 0, "t": [0.1], "stream": "out", "text": ["a", "b"]}) == []
+    assert lines_of_kept({"n": "0", "t": 0.1, "stream": "out", "text": ["a"]}) == []
+    assert lines_of_kept({"n": 0, "t": 0.1, "stream": "out", "text": "a"}) == []
+    assert lines_of_kept({"n": 3, "t": 0.1, "stream": "out", "text": ["a", 5, "c"]}) == [
+        {"n": 3, "t": 0.1, "stream": "out", "text": "a"},
+        {"n": 5, "t": 0.1, "stream": "out", "text": "c"}]
+    assert lines_of_kept("nonsense") == [] and lines_of_kept([{"n": 1}, 5]) == []
+
+
+def test_a_runs_log_is_its_outputs_once_written_and_silent_after_the_end(
+        git_repo: Any) -> None:
+    import otel_runs
+    from otel_runs.ledger import ledger_for
+
+    otel_runs.configure(git_repo)
+    with otel_runs.tracked_run(git_repo, "deploy", "deploy:k8s") as run:
+        with pytest.raises(ValueError):
+            run.log("x", stream="log")
+        run.log("one")
+        run.log(2)
+        run.log("three\nfour", stream="err")
+        with pytest.raises(ValueError):  # (the output's own log checks the stream too)
+            run.log("x", stream="meta")
+    run.log("after the end")
+    ledger = ledger_for(git_repo)
+    assert ledger.flush(30)
+    got = [(line["stream"], line["text"]) for line in ledger.output(run.run_id) or []]
+    assert got == [("out", "one"), ("out", "2"), ("err", "three"), ("err", "four")]

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
@@ -149,7 +150,7 @@ class OutputLogs:
             found = self._loggers[name] = self.provider.get_logger(name or SCOPE)
         return found
 
-    def sink(self, run: Any, lines: list[dict[str, Any]], durable: bool) -> None:
+    def sink(self, run: Any, lines: Sequence[dict[str, Any]], durable: bool) -> None:
         """``add_output_sink`` hook: queue the chunk for the emitting thread (``durable``
         is ignored: every line is exported)."""
         trace_id, span_id = getattr(run, "trace_id", 0), getattr(run, "span_id", None)

@@ -174,7 +174,7 @@ class LedgerRunProcessor(RunProcessor):
         add_output_sink(self._journal_output)
         self._live = LiveSpans(exporter.children_since, exporter.ledger.record_live_spans)
 
-    def _journal_output(self, entry: OpenRun, lines: list[dict[str, Any]], durable: bool) -> None:
+    def _journal_output(self, entry: OpenRun, lines: Sequence[dict[str, Any]], durable: bool) -> None:
         """A chunk of an open run's output: journaled. Not the last one, sent as the run
         ends: its end record, written next, holds the whole output."""
         if durable and entry.root == self.project_root and not self.exporter._shut_down \

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ class SSESpanProcessor(RunProcessor):
             None if project_root is None else str(Path(project_root).expanduser().resolve()))
         add_output_sink(self._publish_output)
 
-    def _publish_output(self, entry: OpenRun, lines: list[dict[str, Any]], durable: bool) -> None:
+    def _publish_output(self, entry: OpenRun, lines: Sequence[dict[str, Any]], durable: bool) -> None:
         if self.project_root is None or entry.root == self.project_root:
             run_id = entry.run_id  # (no character of a run id is escaped in JSON: _ids)
 

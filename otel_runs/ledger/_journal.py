@@ -14,7 +14,8 @@ Layout, under ``<git common dir>/otel-runs/journal-<branch>-<hash>/``:
   ``{"e": "out", "run_id": "...", "lines": [...]}`` chunks of a run's output while it
   runs, and ``{"e": "out", "run_id": "...", "lines": [], "spans": [...], "events": [...]}``
   what a long run did so far (both kept until its end record, which holds the output,
-  every child span and every event, is written) (``run``: a
+  every child span and every event, is written; its ``output`` is the kept lines, or,
+  when they are one chunk's, the same as columns: ``_output_lines.kept_json``) (``run``: a
   ``Run.to_dict()``, the same text the live feed sends; or ``span``: a run span's raw
   data, see ``_journal_records``; ``spans``: the child spans). A line is written
   with one ``write()`` on an ``O_APPEND`` descriptor, so a completed write survives

@@ -27,6 +27,7 @@ import calendar
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry.sdk.resources import Resource
@@ -35,7 +36,7 @@ from opentelemetry.trace import SpanContext
 
 from .._ids import is_run_id
 from .._model import MAX_NS, Run, clamp_ns
-from .._output_lines import lines_json
+from .._output_lines import kept_json, lines_json, lines_of_kept
 from ..redaction import (
     EVENTS_DROPPED,
     clean_events,
@@ -161,7 +162,7 @@ def encode_record(obj: dict[str, Any]) -> tuple[bytes, bool]:
 
 
 def encoded_line(kind: str, run_json: str, spans: list[dict[str, Any]] | None,
-                 output: list[dict[str, Any]] | None = None) -> bytes | None:
+                 output: Sequence[dict[str, Any]] | None = None) -> bytes | None:
     """The journal line ``{"e": kind, "run": <run_json>, "spans": [...], "output": [...]}``
     around a Run already encoded by otel-runs' own processors (``OpenRun.start_json``:
     built from scrubbed, bounded data), without decoding or encoding the run again; None
@@ -171,7 +172,7 @@ def encoded_line(kind: str, run_json: str, spans: list[dict[str, Any]] | None,
     tail = ""
     if output:
         try:
-            tail = ',"output":' + lines_json(output)
+            tail = ',"output":' + kept_json(output)
         except (ValueError, TypeError, RecursionError):
             return None
     if not spans:
@@ -185,7 +186,7 @@ def encoded_line(kind: str, run_json: str, spans: list[dict[str, Any]] | None,
         return None
 
 
-def output_line(run_id: str, lines: list[dict[str, Any]]) -> bytes:
+def output_line(run_id: str, lines: Sequence[dict[str, Any]]) -> bytes:
     """The journal line of one chunk of an open run's output (lines are clean already)."""
     run_json = _STRICT.encode(run_id)
     return f'{{"e":"out","run_id":{run_json},"lines":{lines_json(lines)}}}\n'.encode()
@@ -204,11 +205,8 @@ def spans_line(run_id: str, spans: list[dict[str, Any]],
 
 def record_output(record: dict[str, Any]) -> list[dict[str, Any]]:
     """The output lines a journal record holds (an end record's or an ``out`` chunk's)."""
-    lines = record.get("output") if record.get("e") != "out" else record.get("lines")
-    if not isinstance(lines, list):
-        return []
-    return [line for line in lines if isinstance(line, dict) and isinstance(line.get("n"), int)
-            and isinstance(line.get("text"), str)]
+    return lines_of_kept(record.get("output") if record.get("e") != "out"
+                         else record.get("lines"))
 
 
 def json_safe(value: Any, depth: int = 0) -> Any:

@@ -73,7 +73,7 @@ class Recording:
         self._start((span.attributes or {})[RUN_ID], {"span": raw_span(span)})
 
     def record_span(self, span: ReadableSpan, spans: Sequence[dict[str, Any]] = (), *,
-                    output: list[dict[str, Any]] | None = None) -> None:
+                    output: Sequence[dict[str, Any]] | None = None) -> None:
         """:meth:`record` for a finished run span: only its raw data is journaled on
         the caller's time; the Run is built off the request path."""
         self._end((span.attributes or {})[RUN_ID], {"span": raw_span(span)}, list(spans),
@@ -82,7 +82,7 @@ class Recording:
     def record_encoded(self, run_id: str, run_json: str,
                        spans: Sequence[dict[str, Any]] | None = None, *,
                        started: bool = False,
-                       output: list[dict[str, Any]] | None = None) -> None:
+                       output: Sequence[dict[str, Any]] | None = None) -> None:
         """:meth:`record` (or, ``started``, :meth:`record_started`) of a run otel-runs'
         processors encoded already (``OpenRun.start_json``: scrubbed, bounded, strict
         JSON): the journal line is built around that text, which the live feed sends too."""
@@ -98,7 +98,7 @@ class Recording:
             return
         self._end(run_id, {}, children, line)
 
-    def record_output(self, run_id: str, lines: list[dict[str, Any]]) -> None:
+    def record_output(self, run_id: str, lines: Sequence[dict[str, Any]]) -> None:
         """Journal a chunk of an open run's output (``otel_runs._output`` lines), so that
         it is kept with the run if this process dies before the run ends, and readable by
         every process of the host meanwhile. Not a durability point: failures are logged."""
@@ -143,12 +143,12 @@ class Recording:
                 raise JournalUnavailable(run_id, self.journal_dir, exc, "start") from exc
 
     def _end(self, run_id: Any, record: dict[str, Any], spans: list[dict[str, Any]],
-             line: bytes | None = None, output: list[dict[str, Any]] | None = None) -> None:
+             line: bytes | None = None, output: Sequence[dict[str, Any]] | None = None) -> None:
         if self._pid != _process[0]:  # pragma: no cover - the at-fork hook does this
             self._after_fork_in_child()
         normalised = False
         if line is None:
-            extra = {"output": output} if output else {}
+            extra = {"output": list(output)} if output else {}  # (a chunk is no list)
             line, normalised = encode_record({"e": "end", **record, "spans": spans, **extra})
         if normalised:
             self._log.warning("normalised", "otel-runs: run %s held values the ledger cannot "
