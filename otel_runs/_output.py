@@ -30,7 +30,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._output_flusher import OutputFlusher
-from ._output_lines import MAX_LINE_CHARS, OutputChunk, clean_controls, clean_line, lines_json
+from ._output_lines import (
+    MAX_LINE_CHARS,
+    LineJoiner,
+    OutputChunk,
+    clean_controls,
+    clean_line,
+    lines_json,
+)
 from .redaction import REDACTED
 from .redaction._text import scrub_texts
 
@@ -51,6 +58,9 @@ JOURNAL_FACTOR = 4
 #: The smallest cap's half and journal allowance: output within them needs no setting read.
 _MIN_HALF = 2048
 _MIN_JOURNALED = 4096 * JOURNAL_FACTOR
+#: What a line costs against the cap beyond its text: about its output.log line's number,
+#: time and stream.
+_LINE_EXTRA = 24
 
 _time_ns = time.time_ns
 
@@ -106,7 +116,7 @@ class RunOutput:
     :data:`FLUSH_BYTES` characters wait), so a line never reaches a sink, the journal or
     :meth:`kept` before it is scrubbed."""
 
-    __slots__ = ("_dropped", "_dropped_bytes", "_first_dropped", "_half", "_head",
+    __slots__ = ("_dropped", "_dropped_chars", "_first_dropped", "_half", "_head",
                  "_head_bytes", "_in_key", "_journaled", "_kept_at_close", "_lock",
                  "_max_bytes", "_n", "_partial", "_queued", "_raw", "_raw_chars",
                  "_send_lock", "_start_ns", "_tail", "_tail_bytes", "_tail_sizes", "_dirty",
@@ -126,7 +136,7 @@ class RunOutput:
         # and popleft are atomic); a flush takes the lines it counted, oldest first.
         self._raw: deque[_Raw] = deque()
         self._raw_chars = 0  # (about: writers add to it without a lock)
-        self._partial: dict[str, str] = {}
+        self._partial: dict[str, LineJoiner] = {}
         self._dirty = False  # handed to the flusher, not flushed since
         self._queued = False  # handed to the flusher at least once
         self.closed = False
@@ -139,7 +149,7 @@ class RunOutput:
         self._tail_sizes: deque[int] = deque()
         self._tail_bytes = 0
         self._dropped = 0
-        self._dropped_bytes = 0
+        self._dropped_chars = 0  # (what the dropped lines printed, newlines included)
         self._first_dropped = -1
         self._journaled = 0
         self._in_key: set[str] = set()  # streams inside a private key block
@@ -200,18 +210,19 @@ class RunOutput:
         t = _time_ns()
         if partial:
             with self._lock:
-                text = self._partial.pop(stream, "") + text
-                if not text.endswith("\n"):
-                    text, _, rest = text.rpartition("\n")
-                    if rest:
-                        self._partial[stream] = rest
-                    if not text:
-                        return
-        if text.endswith("\n"):
-            text = text[:-1]
-        raw = self._raw
-        raw.extend([(t, stream, part, level, logger) for part in text.split("\n")])
-        chars = self._raw_chars = self._raw_chars + len(text)
+                joiner = self._partial.get(stream)
+                if joiner is None:
+                    joiner = self._partial[stream] = LineJoiner()
+                parts = joiner.feed(text)
+                if not parts:
+                    return
+                raw = self._raw  # (under the lock: the lines of one stream in order)
+                raw.extend([(t, stream, part, level, logger) for part in parts])
+        else:
+            parts = (text[:-1] if text.endswith("\n") else text).split("\n")
+            raw = self._raw
+            raw.extend([(t, stream, part, level, logger) for part in parts])
+        chars = self._raw_chars = self._raw_chars + sum(map(len, parts))
         if len(raw) >= FLUSH_LINES or chars >= FLUSH_BYTES:
             self.flush()
         elif not self._dirty:
@@ -284,14 +295,14 @@ class RunOutput:
             chunk = OutputChunk(lines)
         else:  # (the dicts are made when a sink asks for them; its JSON from these)
             chunk = OutputChunk(columns=(first, stamps, streams, texts))
-        size = chunk.size = chars + 24 * count
+        size = chunk.size = chars + _LINE_EXTRA * count
         # (past the smallest cap's half the setting is read: _keep then has the real half)
         if not self._tail and (self._head_bytes + size <= self._half or (
                 self._max_bytes is None and self._head_bytes + size <= self.max_bytes >> 1)):
             self._head.append(chunk)  # (all of it in the head)
             self._head_bytes += size
         else:
-            self._keep(chunk.lines, [len(text) + 24 for text in texts])
+            self._keep(chunk.lines, [len(text) + _LINE_EXTRA for text in texts])
         return chunk, size
 
     def _hide_keys(self, streams: tuple[str, ...], texts: list[str]) -> None:
@@ -327,7 +338,7 @@ class RunOutput:
         self._tail_bytes += sum(sizes[i:]) if i else sum(sizes)
         if self._tail_bytes <= half:
             return
-        dropped = dropped_bytes = 0
+        dropped = dropped_chars = 0
         total = self._tail_bytes
         while total > half and len(tail) > 1:
             gone = tail.popleft()
@@ -336,20 +347,21 @@ class RunOutput:
             if self._first_dropped < 0:
                 self._first_dropped = gone["n"]
             dropped += 1
-            dropped_bytes += gone_size
+            dropped_chars += gone_size - _LINE_EXTRA + 1
         self._tail_bytes = total
         self._dropped += dropped
-        self._dropped_bytes += dropped_bytes
+        self._dropped_chars += dropped_chars
 
     def close(self) -> Sequence[dict[str, Any]]:
         """The run ended: send what waits (a last partial line too) and return the lines
         kept (head, the ``meta`` marker if any were dropped, tail)."""
         if self._partial:
             with self._lock:
-                rest = [(s, p) for s, p in self._partial.items() if p]
+                rest = [(s, j.finish()) for s, j in self._partial.items()]
                 self._partial.clear()
             for stream, text in rest:
-                self.write(stream, text)
+                if text is not None:
+                    self.write(stream, text)
         self.closed = True
         kept = self.kept()  # (which sends what waits)
         self._kept_at_close = kept  # (nothing is added once closed: the end record asks again)
@@ -374,8 +386,8 @@ class RunOutput:
             if self._dropped:
                 kept.append({"n": self._first_dropped, "t": kept[-1]["t"] if kept else 0.0,
                              "stream": "meta",
-                             "text": f"[otel-runs: {self._dropped} lines ({self._dropped_bytes} "
-                                     f"bytes) dropped here: a run keeps its first and last "
+                             "text": f"[otel-runs: {self._dropped} lines ({self._dropped_chars} "
+                                     f"characters) dropped here: a run keeps its first and last "
                                      f"{self.max_bytes // 2} bytes of output]"})
             kept.extend(self._tail)
         return OutputChunk(kept)

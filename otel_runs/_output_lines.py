@@ -7,6 +7,8 @@
   JSON once for all of them (:func:`lines_json`).
 - :func:`kept_json` / :func:`lines_of_kept`: a run's kept output as the journal stores it
   with the run's end record: as columns when it is one chunk's lines, numbered on.
+- :class:`LineJoiner`: text written in pieces made into lines, the unfinished one held
+  within :data:`MAX_LINE_CHARS` however long it grows.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from typing import Any
 
 from .redaction import scrub_text
 
-__all__ = ["MAX_LINE_CHARS", "OutputChunk", "clean_controls", "clean_line", "kept_json",
-           "lines_json", "lines_of_kept"]
+__all__ = ["MAX_LINE_CHARS", "LineJoiner", "OutputChunk", "clean_controls", "clean_line",
+           "cut_marker", "kept_json", "lines_json", "lines_of_kept"]
 
 #: Longest line kept (characters); the rest is cut with a marker.
 MAX_LINE_CHARS = 16_384
@@ -27,6 +29,15 @@ MAX_LINE_CHARS = 16_384
 # SGR (colour) sequences are kept; any other escape sequence and control character goes.
 _ESCAPES = re.compile(r"\x1b\[[0-9;]*m|(\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"
                       r"|\x1b[@-Z\\-_]?|[\x00-\x08\x0b-\x1f\x7f\x9b])|([\ud800-\udfff])")
+
+
+# A line already cut (by a LineJoiner) is not cut again.
+_CUT = re.compile(r"\.\.\. \[\d+ more characters\]")
+
+
+def cut_marker(extra: int) -> str:
+    """What replaces the ``extra`` characters cut from the end of a long line."""
+    return f"... [{extra} more characters]"
 
 
 def _drop_controls(match: re.Match[str]) -> str:
@@ -40,8 +51,8 @@ def clean_controls(text: str) -> str:
     kept, other control sequences dropped, length bounded (not scrubbed)."""
     if "\r" in text:
         text = text.rstrip("\r").rsplit("\r", 1)[-1]
-    if len(text) > MAX_LINE_CHARS:
-        text = text[:MAX_LINE_CHARS] + f"... [{len(text) - MAX_LINE_CHARS} more characters]"
+    if len(text) > MAX_LINE_CHARS and not _CUT.fullmatch(text, MAX_LINE_CHARS):
+        text = text[:MAX_LINE_CHARS] + cut_marker(len(text) - MAX_LINE_CHARS)
     if not text.isprintable():
         text = _ESCAPES.sub(_drop_controls, text)
     return text
@@ -52,6 +63,59 @@ def clean_line(text: str) -> str:
     return scrub_text(clean_controls(text))
 
 
+
+
+class LineJoiner:
+    """Text that comes in pieces (a file's ``write``, a pipe's reads) made into whole
+    lines. The unfinished line is held as a terminal would show it (only what follows its
+    last carriage return) and within :data:`MAX_LINE_CHARS`: past it the rest of the line
+    is only counted, and the line ends with :func:`cut_marker`. Not thread-safe."""
+
+    __slots__ = ("_cut", "_held")
+
+    def __init__(self) -> None:
+        self._held = ""
+        self._cut = 0
+
+    def feed(self, text: str) -> list[str]:
+        """The lines ``text`` completes (none when it has no newline)."""
+        if "\n" not in text:
+            self._hold(text)
+            return []
+        first, *lines, last = text.split("\n")
+        lines.insert(0, self._ended(first))
+        self._held, self._cut = "", 0
+        self._hold(last)
+        return lines
+
+    def finish(self) -> str | None:
+        """The unfinished line, ended (None when there is none)."""
+        if not self._held and not self._cut:
+            return None
+        line = self._ended("")
+        self._held, self._cut = "", 0
+        return line
+
+    def _ended(self, text: str) -> str:
+        if self._cut:
+            return self._held + cut_marker(self._cut + len(text))
+        return self._held + text
+
+    def _hold(self, text: str) -> None:
+        if not text:
+            return
+        if self._cut:
+            self._cut += len(text)
+            return
+        held = self._held + text
+        if "\r" in text:  # (a progress bar: only its last state is shown, so kept)
+            at = held.rstrip("\r").rfind("\r")
+            if at >= 0:
+                held = held[at + 1:]
+        if len(held) > MAX_LINE_CHARS:
+            self._cut = len(held) - MAX_LINE_CHARS
+            held = held[:MAX_LINE_CHARS]
+        self._held = held
 
 
 class OutputChunk(Sequence[dict[str, Any]]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 import subprocess
 import threading
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from ._context import CURRENT_RUN
+from ._output_lines import LineJoiner
 from .redaction import scrub_text
 
 __all__ = ["CommandResult", "run_command"]
@@ -39,7 +41,9 @@ class CommandResult:
 
 
 class _Pump(threading.Thread):
-    """Reads one pipe line by line as data comes and writes each line to the run."""
+    """Reads one pipe as data comes and writes each line to the run as it completes
+    (bytes decoded as UTF-8, invalid ones replaced; a line however long held within
+    the line bound, see :class:`LineJoiner`)."""
 
     def __init__(self, pipe: IO[bytes], stream: str, handle: Any) -> None:
         super().__init__(daemon=True, name=f"otel-runs-command-{stream}")
@@ -49,27 +53,31 @@ class _Pump(threading.Thread):
         self.cut = 0
 
     def run(self) -> None:  # (threading.Thread's run: the pump loop)
-        buffered = b""
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        joiner = LineJoiner()
         fd = self.pipe.fileno()
         while True:
             try:
                 data = os.read(fd, _READ)
             except OSError:
                 data = b""
+            text = decoder.decode(data, final=not data)
+            if text:
+                self._keep(text)
+                self._send(joiner.feed(text))
             if not data:
                 break
-            buffered += data
-            if b"\n" in buffered:
-                complete, _, buffered = buffered.rpartition(b"\n")
-                self._lines(complete.decode("utf-8", "replace") + "\n")
-        if buffered:
-            self._lines(buffered.decode("utf-8", "replace"))
+        last = joiner.finish()
+        if last is not None:
+            self._send([last])
         self.pipe.close()
 
-    def _lines(self, text: str) -> None:
-        out = self.handle.output_buffer() if self.handle is not None else None
+    def _send(self, lines: list[str]) -> None:
+        out = self.handle.output_buffer() if self.handle is not None and lines else None
         if out is not None:
-            out.write(self.stream, text)
+            out.write(self.stream, "\n".join(lines) + "\n")
+
+    def _keep(self, text: str) -> None:
         if self.size + len(text) <= RESULT_MAX_CHARS:
             self.parts.append(text)
             self.size += len(text)

@@ -8,6 +8,7 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -318,3 +319,44 @@ def test_the_cli_prints_a_runs_output(git_repo: Path) -> None:
     missing = runner.invoke(cli_main, ["logs", "20200101T000000000Z-0000000000",
                                        "--project", str(git_repo)])
     assert missing.exit_code != 0 and len(missing.output.strip().splitlines()) == 1
+
+
+def test_the_cli_follows_a_running_runs_output_until_it_ends(git_repo: Path) -> None:
+    otel_runs.configure(git_repo)
+    started, printed, ids = threading.Event(), threading.Event(), []
+
+    def action() -> None:
+        with otel_runs.tracked_run(git_repo, "deploy", "deploy:k8s") as run:
+            run.log("one")
+            ids.append(run.run_id)
+            started.set()
+            printed.wait(60)  # the CLI, in another process, printed the first line
+            run.log("two")
+            run.log("three", stream="err")
+
+    thread = threading.Thread(target=action)
+    thread.start()
+    try:
+        assert started.wait(30)
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "otel_runs.cli", "logs", ids[0], "--follow", "--interval",
+             "0.05", "--timeout", "60", "--project", str(git_repo)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        watchdog = threading.Timer(90, proc.kill)
+        watchdog.start()
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == "one\n"  # while the run is still running
+            assert thread.is_alive()
+            printed.set()
+            rest, err = proc.communicate(timeout=60)  # it stops by itself when the run ends
+        finally:
+            watchdog.cancel()
+            if proc.poll() is None:
+                proc.kill()
+    finally:
+        printed.set()
+        thread.join(60)
+    assert proc.returncode == 0, err
+    assert rest.splitlines() == ["two", "three"]
