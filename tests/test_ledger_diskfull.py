@@ -96,10 +96,13 @@ def fill(disk: Path) -> Path:
 
 def journal_ids(ledger: Ledger) -> set[str]:
     """The ids of the runs whose end record is in the journal; asserts that every line of
-    every segment is complete JSON (no torn line, in the middle or at the end)."""
+    every segment is complete JSON (no torn line, in the middle or at the end). Read under
+    the journal writer's lock: a write this process's background threads (the retry of runs
+    only in memory) may be making, and taking back, is not seen half done."""
     ids = set()
-    for segment in sorted(ledger.journal_dir.glob("*.jsonl")):
-        data = segment.read_bytes()
+    with ledger._journal._lock:
+        segments = {path: path.read_bytes() for path in sorted(ledger.journal_dir.glob("*.jsonl"))}
+    for segment, data in segments.items():
         assert not data or data.endswith(b"\n"), f"{segment.name}: torn last line"
         for number, line in enumerate(data.split(b"\n")[:-1], 1):
             try:
