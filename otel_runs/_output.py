@@ -22,7 +22,6 @@ imports no processor.
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from collections import deque
@@ -36,9 +35,9 @@ from ._output_lines import (
     OutputChunk,
     clean_controls,
     clean_line,
+    hide_private_keys,
     lines_json,
 )
-from .redaction import REDACTED
 from .redaction._text import scrub_texts
 
 __all__ = ["FLUSH_BYTES", "FLUSH_INTERVAL", "FLUSH_LINES", "MAX_LINE_CHARS", "OutputChunk",
@@ -98,10 +97,6 @@ def remove_output_sink(sink: OutputSink) -> None:
             _sinks.remove(sink)
             _sink_tuple = tuple(_sinks)
 
-
-# A private key printed line by line: its BEGIN line, the lines after it, and its END line.
-_KEY_BEGIN = re.compile(r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY[A-Z ]{0,10}-----")
-_KEY_END = re.compile(r"-----END[A-Z0-9 ]{0,40}PRIVATE KEY[A-Z ]{0,10}-----")
 
 #: A line as written: (``time.time_ns()``, stream, text, level, logger).
 _Raw = tuple[int, str, str, "str | None", "str | None"]
@@ -216,14 +211,26 @@ class RunOutput:
                 parts = joiner.feed(text)
                 if not parts:
                     return
-                raw = self._raw  # (under the lock: the lines of one stream in order)
-                raw.extend([(t, stream, part, level, logger) for part in parts])
-        else:
-            parts = (text[:-1] if text.endswith("\n") else text).split("\n")
-            raw = self._raw
-            raw.extend([(t, stream, part, level, logger) for part in parts])
+                # (queued under the lock: one stream's lines in order; flushed outside it)
+                self._raw.extend([(t, stream, part, level, logger) for part in parts])
+            self._added(parts)
+            return
+        self._add(t, stream, (text[:-1] if text.endswith("\n") else text).split("\n"), level,
+                  logger)
+
+    def write_lines(self, stream: str, lines: list[str]) -> None:
+        """Add ``lines`` (whole lines, without their newlines) to ``stream``."""
+        if lines and not self.closed:
+            self._add(_time_ns(), stream, lines, None, None)
+
+    def _add(self, t: int, stream: str, parts: list[str], level: str | None,
+             logger: str | None) -> None:
+        self._raw.extend([(t, stream, part, level, logger) for part in parts])
+        self._added(parts)
+
+    def _added(self, parts: list[str]) -> None:
         chars = self._raw_chars = self._raw_chars + sum(map(len, parts))
-        if len(raw) >= FLUSH_LINES or chars >= FLUSH_BYTES:
+        if len(self._raw) >= FLUSH_LINES or chars >= FLUSH_BYTES:
             self.flush()
         elif not self._dirty:
             self._dirty = self._queued = True
@@ -264,7 +271,7 @@ class RunOutput:
             texts = [clean_controls(text) for text in texts]
             as_written = False
         if self._in_key or "-----BEGIN" in joined:
-            self._hide_keys(streams, texts)
+            hide_private_keys(streams, texts, self._in_key)
             as_written = False
         scrubbed = scrub_texts(texts)
         # (the texts as written, the usual case: their lengths are the joined text's)
@@ -304,20 +311,6 @@ class RunOutput:
         else:
             self._keep(chunk.lines, [len(text) + _LINE_EXTRA for text in texts])
         return chunk, size
-
-    def _hide_keys(self, streams: tuple[str, ...], texts: list[str]) -> None:
-        """The lines between a private key's BEGIN and END lines are the key: hidden."""
-        inside = self._in_key
-        for i, text in enumerate(texts):
-            stream = streams[i]
-            if stream in inside:
-                texts[i] = REDACTED
-                if _KEY_END.search(text) is not None:
-                    inside.discard(stream)
-                continue
-            begin = _KEY_BEGIN.search(text)
-            if begin is not None and _KEY_END.search(text, begin.end()) is None:
-                inside.add(stream)  # (the BEGIN line itself is scrubbed by its rule)
 
     def _keep(self, lines: list[dict[str, Any]], sizes: list[int]) -> None:
         """Keep the first half of the cap's bytes (head) and the last half (tail)."""

@@ -7,6 +7,7 @@
   JSON once for all of them (:func:`lines_json`).
 - :func:`kept_json` / :func:`lines_of_kept`: a run's kept output as the journal stores it
   with the run's end record: as columns when it is one chunk's lines, numbered on.
+- :func:`hide_private_keys`: the lines of a private key printed line by line hidden.
 - :class:`LineJoiner`: text written in pieces made into lines, the unfinished one held
   within :data:`MAX_LINE_CHARS` however long it grows.
 """
@@ -18,10 +19,10 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .redaction import scrub_text
+from .redaction import REDACTED, scrub_text
 
 __all__ = ["MAX_LINE_CHARS", "LineJoiner", "OutputChunk", "clean_controls", "clean_line",
-           "cut_marker", "kept_json", "lines_json", "lines_of_kept"]
+           "cut_marker", "hide_private_keys", "kept_json", "lines_json", "lines_of_kept"]
 
 #: Longest line kept (characters); the rest is cut with a marker.
 MAX_LINE_CHARS = 16_384
@@ -65,6 +66,26 @@ def clean_line(text: str) -> str:
 
 
 
+# A private key printed line by line: its BEGIN line, the lines after it, and its END line.
+_KEY_BEGIN = re.compile(r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY[A-Z ]{0,10}-----")
+_KEY_END = re.compile(r"-----END[A-Z0-9 ]{0,40}PRIVATE KEY[A-Z ]{0,10}-----")
+
+
+def hide_private_keys(streams: Sequence[str], texts: list[str], inside: set[str]) -> None:
+    """The lines between a private key's BEGIN and END lines are the key: replaced in
+    ``texts`` by the redaction marker. ``inside``: the streams in a key block (updated)."""
+    for i, text in enumerate(texts):
+        stream = streams[i]
+        if stream in inside:
+            texts[i] = REDACTED
+            if _KEY_END.search(text) is not None:
+                inside.discard(stream)
+            continue
+        begin = _KEY_BEGIN.search(text)
+        if begin is not None and _KEY_END.search(text, begin.end()) is None:
+            inside.add(stream)  # (the BEGIN line itself is scrubbed by its rule)
+
+
 class LineJoiner:
     """Text that comes in pieces (a file's ``write``, a pipe's reads) made into whole
     lines. The unfinished line is held as a terminal would show it (only what follows its
@@ -82,8 +103,9 @@ class LineJoiner:
         if "\n" not in text:
             self._hold(text)
             return []
-        first, *lines, last = text.split("\n")
-        lines.insert(0, self._ended(first))
+        lines = text.split("\n")
+        last = lines.pop()
+        lines[0] = self._ended(lines[0])
         self._held, self._cut = "", 0
         self._hold(last)
         return lines

@@ -75,7 +75,7 @@ class _Pump(threading.Thread):
     def _send(self, lines: list[str]) -> None:
         out = self.handle.output_buffer() if self.handle is not None and lines else None
         if out is not None:
-            out.write(self.stream, "\n".join(lines) + "\n")
+            out.write_lines(self.stream, lines)
 
     def _keep(self, text: str) -> None:
         if self.size + len(text) <= RESULT_MAX_CHARS:
