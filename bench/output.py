@@ -14,7 +14,11 @@ On a fresh git repository in a temp dir, with ``configure()`` and the git ledger
   view logging none, taking turns request by request with the Flask test client; the
   ratio of medians over ``--rounds`` rounds (goal <= 1.1x);
 * memory: RSS after the 100,000-line run vs before it (the run keeps at most
-  ``OTEL_RUNS_OUTPUT_MAX_BYTES``, 1 MiB, of output).
+  ``OTEL_RUNS_OUTPUT_MAX_BYTES``, 1 MiB, of output);
+* a flood: a child printing 100 MB (a million 100-byte lines) as fast as it can, through
+  ``run_command`` in a run vs ``subprocess.run`` capturing the same child's output, taking
+  turns (the ratio is what the capture's bookkeeping adds), and the peak RSS of the
+  process around it (``VmHWM``; goal: growth <= 20 MB).
 """
 
 from __future__ import annotations
@@ -122,6 +126,41 @@ def capture(root: Path, lines: int) -> None:
     ledger.flush(120)
 
 
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key):
+                return int(line.split()[1])
+    return 0
+
+
+def flood(root: Path, rounds: int = 3) -> None:
+    import otel_runs
+
+    child = [sys.executable, "-c", "import sys\nblock = (b'x' * 99 + b'\\n') * 10_000\n"
+             "for _ in range(100): sys.stdout.buffer.write(block)\n"]
+    with open("/proc/self/clear_refs", "w") as fh:  # (the peak so far reset to the RSS now)
+        fh.write("5")
+    before = _rss_kb()
+    with otel_runs.tracked_run(root, "test", "test:pytest"):  # (first: the peak is its own)
+        otel_runs.run_command(child, check=True)
+    peak = _status_kb("VmHWM:")
+    plain, tracked = [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        subprocess.run(child, capture_output=True, check=True)
+        plain.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        with otel_runs.tracked_run(root, "test", "test:pytest"):
+            otel_runs.run_command(child, check=True)
+        tracked.append(time.perf_counter() - start)
+    ratio = statistics.median(tracked) / statistics.median(plain)
+    print(f"flood, 100 MB from a child: run_command in a run {statistics.median(tracked):.2f} s "
+          f"vs subprocess.run capturing it {statistics.median(plain):.2f} s = {ratio:.2f}x "
+          f"(median of {rounds}); peak RSS around the first flood {(peak - before) / 1024:+.1f} MB "
+          f"over the RSS before it (goal <= 20 MB)")
+
+
 def request_path(root: Path, requests: int, rounds: int) -> None:
     from flask import Flask
 
@@ -180,6 +219,7 @@ def main() -> None:
         otel_runs.configure(root)
         capture(root, args.lines)
         request_path(root, args.requests, args.rounds)
+        flood(root)
         otel_runs.shutdown()
 
 

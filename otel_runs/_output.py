@@ -38,6 +38,7 @@ from ._output_lines import (
     hide_private_keys,
     lines_json,
 )
+from ._output_tail import OutputTail
 from .redaction._text import scrub_texts
 
 __all__ = ["FLUSH_BYTES", "FLUSH_INTERVAL", "FLUSH_LINES", "MAX_LINE_CHARS", "OutputChunk",
@@ -111,11 +112,9 @@ class RunOutput:
     :data:`FLUSH_BYTES` characters wait), so a line never reaches a sink, the journal or
     :meth:`kept` before it is scrubbed."""
 
-    __slots__ = ("_dropped", "_dropped_chars", "_first_dropped", "_half", "_head",
-                 "_head_bytes", "_in_key", "_journaled", "_kept_at_close", "_lock",
-                 "_max_bytes", "_n", "_partial", "_queued", "_raw", "_raw_chars",
-                 "_send_lock", "_start_ns", "_tail", "_tail_bytes", "_tail_sizes", "_dirty",
-                 "__weakref__", "closed", "run")
+    __slots__ = ("_half", "_head", "_head_bytes", "_in_key", "_journaled", "_kept_at_close",
+                 "_lock", "_max_bytes", "_n", "_partial", "_queued", "_raw", "_raw_chars",
+                 "_send_lock", "_start_ns", "_tail", "_dirty", "__weakref__", "closed", "run")
 
     def __init__(self, run: Any, start_ns: int, max_bytes: int | None = None) -> None:
         self.run = run
@@ -140,12 +139,7 @@ class RunOutput:
         # The head: whole chunks, then the lines of the chunk that filled it.
         self._head: list[Sequence[dict[str, Any]]] = []
         self._head_bytes = 0
-        self._tail: deque[dict[str, Any]] = deque()
-        self._tail_sizes: deque[int] = deque()
-        self._tail_bytes = 0
-        self._dropped = 0
-        self._dropped_chars = 0  # (what the dropped lines printed, newlines included)
-        self._first_dropped = -1
+        self._tail = OutputTail()  # (the lines dropped from the middle counted there)
         self._journaled = 0
         self._in_key: set[str] = set()  # streams inside a private key block
         self._kept_at_close: Sequence[dict[str, Any]] | None = None
@@ -309,11 +303,20 @@ class RunOutput:
             self._head.append(chunk)  # (all of it in the head)
             self._head_bytes += size
         else:
-            self._keep(chunk.lines, [len(text) + _LINE_EXTRA for text in texts])
+            self._keep(chunk, texts)
         return chunk, size
 
-    def _keep(self, lines: list[dict[str, Any]], sizes: list[int]) -> None:
+    def _keep(self, chunk: OutputChunk, texts: list[str]) -> None:
         """Keep the first half of the cap's bytes (head) and the last half (tail)."""
+        columns = chunk.columns
+        lines: list[Any]
+        if columns is not None:  # (tuples, not dicts: most of them are dropped again)
+            first = columns[0]
+            lines = list(zip(range(first, first + len(texts)), columns[1], columns[2], texts,
+                             strict=True))
+        else:
+            lines = chunk.lines
+        sizes = list(map(_LINE_EXTRA.__add__, map(len, texts)))
         half, i, count = self._half, 0, len(lines)
         if not self._tail:
             room = half - self._head_bytes
@@ -321,29 +324,14 @@ class RunOutput:
                 room -= sizes[i]
                 i += 1
             if i:
-                self._head.append(lines[:i] if i < count else lines)
+                head = lines[:i] if i < count else lines
+                self._head.append(head if columns is None else [
+                    {"n": n, "t": t, "stream": stream, "text": text}
+                    for n, t, stream, text in head])
                 self._head_bytes = half - room
             if i == count:
                 return
-        tail, kept = self._tail, self._tail_sizes
-        tail.extend(lines[i:] if i else lines)
-        kept.extend(sizes[i:] if i else sizes)
-        self._tail_bytes += sum(sizes[i:]) if i else sum(sizes)
-        if self._tail_bytes <= half:
-            return
-        dropped = dropped_chars = 0
-        total = self._tail_bytes
-        while total > half and len(tail) > 1:
-            gone = tail.popleft()
-            gone_size = kept.popleft()
-            total -= gone_size
-            if self._first_dropped < 0:
-                self._first_dropped = gone["n"]
-            dropped += 1
-            dropped_chars += gone_size - _LINE_EXTRA + 1
-        self._tail_bytes = total
-        self._dropped += dropped
-        self._dropped_chars += dropped_chars
+        self._tail.add(lines[i:] if i else lines, sizes[i:] if i else sizes, half)
 
     def close(self) -> Sequence[dict[str, Any]]:
         """The run ended: send what waits (a last partial line too) and return the lines
@@ -370,25 +358,26 @@ class RunOutput:
         with self._send_lock:
             self.flush()
             head = self._head
-            if len(head) == 1 and not self._dropped and not self._tail \
-                    and isinstance(head[0], OutputChunk):
+            tail = self._tail
+            if len(head) == 1 and not tail and isinstance(head[0], OutputChunk):
                 return head[0]
             kept: list[dict[str, Any]] = []
             for part in head:
                 kept.extend(part)
-            if self._dropped:
-                kept.append({"n": self._first_dropped, "t": kept[-1]["t"] if kept else 0.0,
+            if tail.dropped:  # (what the dropped lines printed, newlines included)
+                chars = tail.dropped_bytes - tail.dropped * (_LINE_EXTRA - 1)
+                kept.append({"n": tail.first_dropped, "t": kept[-1]["t"] if kept else 0.0,
                              "stream": "meta",
-                             "text": f"[otel-runs: {self._dropped} lines ({self._dropped_chars} "
-                                     f"characters) dropped here: a run keeps its first and last "
+                             "text": f"[otel-runs: {tail.dropped} lines ({chars} characters) "
+                                     f"dropped here: a run keeps its first and last "
                                      f"{self.max_bytes // 2} bytes of output]"})
-            kept.extend(self._tail)
+            kept.extend(tail.lines())
         return OutputChunk(kept)
 
     @property
     def dropped(self) -> int:
         """Lines dropped from the middle so far."""
-        return self._dropped
+        return self._tail.dropped
 
 
 _flusher = OutputFlusher(FLUSH_INTERVAL)

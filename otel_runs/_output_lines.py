@@ -64,8 +64,6 @@ def clean_line(text: str) -> str:
     return scrub_text(clean_controls(text))
 
 
-
-
 # A private key printed line by line: its BEGIN line, the lines after it, and its END line.
 _KEY_BEGIN = re.compile(r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY[A-Z ]{0,10}-----")
 _KEY_END = re.compile(r"-----END[A-Z0-9 ]{0,40}PRIVATE KEY[A-Z ]{0,10}-----")

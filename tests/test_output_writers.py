@@ -185,3 +185,48 @@ def test_a_runs_log_is_its_outputs_once_written_and_silent_after_the_end(
     assert ledger.flush(30)
     got = [(line["stream"], line["text"]) for line in ledger.output(run.run_id) or []]
     assert got == [("out", "one"), ("out", "2"), ("err", "three"), ("err", "four")]
+
+
+def _tail_by_line(adds: list[list[tuple[int, int]]], limit: int) -> tuple[list[int], int, int]:
+    """What the tail must keep, line by line: (numbers kept, lines dropped, bytes dropped)."""
+    kept: list[tuple[int, int]] = []
+    dropped = dropped_bytes = 0
+    for lines in adds:
+        kept.extend(lines)
+        total = sum(size for _, size in kept)
+        while total > limit and len(kept) > 1:
+            _, size = kept.pop(0)
+            total -= size
+            dropped += 1
+            dropped_bytes += size
+    return [n for n, _ in kept], dropped, dropped_bytes
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_tail_drops_by_chunk_exactly_as_line_by_line(seed: int) -> None:
+    import random
+
+    from otel_runs._output_tail import OutputTail
+
+    rng = random.Random(seed)
+    limit = rng.choice([1, 30, 100, 1000, 5000])
+    tail, adds, n = OutputTail(), [], 0
+    for _ in range(rng.randrange(1, 60)):
+        count = rng.choice([1, 1, 2, 5, 50, 300])
+        big = rng.random() < 0.1  # sometimes lines larger than the limit itself
+        lines = [(n + i, rng.randrange(1, 3 * limit if big else 80)) for i in range(count)]
+        n += count
+        adds.append(lines)
+        as_kept = [(k, 0.0, "out", "x") if k % 2 else {"n": k, "t": 0.0, "stream": "err",
+                                                      "text": "y", "level": "INFO"}
+                   for k, _ in lines]
+        tail.add(as_kept, [size for _, size in lines], limit)
+        numbers, dropped, dropped_bytes = _tail_by_line(adds, limit)
+        got = tail.lines()
+        assert [line["n"] for line in got] == numbers
+        assert (tail.dropped, tail.dropped_bytes) == (dropped, dropped_bytes)
+        assert tail.bytes == sum(size for add in adds for k, size in add if k in set(numbers))
+        assert tail.first_dropped == (0 if dropped else -1)
+        assert all(type(line) is dict for line in got)
+        assert [line.get("level") for line in got] == [
+            None if k % 2 else "INFO" for k in numbers]
