@@ -243,7 +243,7 @@ def kept_json(lines: Sequence[dict[str, Any]]) -> str:
     (line ``i`` is numbered ``first + i``; one time or stream stands for every line), about
     a third of the bytes and of the time of one object per line; else :func:`lines_json`.
     :func:`lines_of_kept` reads either back."""
-    columns = getattr(lines, "columns", None) if isinstance(lines, OutputChunk) else None
+    columns = lines.columns if isinstance(lines, OutputChunk) else None
     if columns is None:
         return lines_json(lines)
     first, stamps, streams, texts = columns
